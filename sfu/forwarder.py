@@ -39,8 +39,9 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
 )
+from pylibsrtp import Error as SrtpError
 
-from .keyframes import keyframe_detector
+from .keyframes import payload_inspector
 
 logger = logging.getLogger(__name__)
 
@@ -265,7 +266,7 @@ class TrackForwarder:
         self.config = config or ForwardingConfig()
         self.label = label
         self._send_pli_cb = send_pli
-        self.detect = keyframe_detector(self.codec_name) if kind == "video" else None
+        self.detect = payload_inspector(self.codec_name) if kind == "video" else None
         size = self.config.history_size
         if size & (size - 1):
             raise ValueError("history_size must be a power of two")
@@ -293,28 +294,53 @@ class TrackForwarder:
         self.retransmitted = 0
         self.nack_misses = 0
         self.replayed = 0
+        self.stale = 0
+        self.invalid = 0
+        self.duplicates = 0
+        self.srtp_errors = 0
 
     # -- the hot path -------------------------------------------------------------
 
     def on_packet(self, packet: RtpPacket) -> None:
         """Take one packet from the publisher and forward it to every active viewer."""
         seq = packet.sequence_number
+        payload = packet.payload
+        detect = self.detect
+        if payload:
+            verdict = detect(payload) if detect is not None else 0
+            if verdict < 0:
+                self.invalid += 1
+                return
+        elif not packet.padding_size:
+            self.invalid += 1
+            return
+        else:
+            verdict = 0  # padding only: forwarded to keep sequence numbers contiguous
         if packet.ssrc != self.media_ssrc:
             self._source_changed(packet.ssrc)
-        self.history[seq & self.hmask] = packet
         now = time.monotonic()
         highest = self.highest_seq
         if highest < 0 or (seq - highest) & MASK16 < 0x8000:
             self.highest_seq = seq
             self.last_ts = packet.timestamp
             self.last_arrival = now
+        elif (highest - seq) & MASK16 > self.hmask:
+            # older than the history window: useless to viewers, and SRTP would refuse
+            # to protect it (replay protection) anyway
+            self.stale += 1
+            return
+        hslot = seq & self.hmask
+        previous = self.history[hslot]
+        if previous is not None and previous.sequence_number == seq:
+            self.duplicates += 1  # viewers' SRTP replay protection would drop it anyway
+            return
+        self.history[hslot] = packet
         self.packet_count += 1
-        self.octet_count += len(packet.payload)
+        self.octet_count += len(payload)
         if self.muted:
             return
-        detect = self.detect
         if detect is not None:
-            if detect(packet.payload):
+            if verdict:
                 self.kf_seq = seq
                 if self.pending:
                     self._activate_pending(packet, now)
@@ -353,6 +379,8 @@ class TrackForwarder:
                     ),
                     pair.remote_addr,
                 )
+            except SrtpError:
+                self.srtp_errors += 1  # this packet only; the viewer is fine
             except Exception:
                 if failed is None:
                     failed = []
@@ -475,6 +503,9 @@ class TrackForwarder:
                     b0, tail = _tail(packet, d, abs_send)
                     header = _HEADER.pack(b0, (packet.marker << 7) | d.pt, out_seq, out_ts, d.ssrc)
                 d.raw.send_rtp(header + tail)
+            except SrtpError:
+                self.srtp_errors += 1
+                continue
             except Exception:
                 self._fail(d)
                 return
@@ -544,16 +575,20 @@ class TrackForwarder:
                 if packet is None or packet.sequence_number != src:
                     continue
                 b0, tail = _tail(packet, d, abs_send)
-                d.raw.send_rtp(
-                    _HEADER.pack(
-                        b0,
-                        (packet.marker << 7) | d.pt,
-                        (src + d.seq_off) & MASK16,
-                        (packet.timestamp + d.ts_off) & MASK32,
-                        d.ssrc,
+                try:
+                    d.raw.send_rtp(
+                        _HEADER.pack(
+                            b0,
+                            (packet.marker << 7) | d.pt,
+                            (src + d.seq_off) & MASK16,
+                            (packet.timestamp + d.ts_off) & MASK32,
+                            d.ssrc,
+                        )
+                        + tail
                     )
-                    + tail
-                )
+                except SrtpError:
+                    self.srtp_errors += 1
+                    continue
                 sent += 1
                 d.octets_before += len(packet.payload)
         except Exception:

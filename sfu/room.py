@@ -34,6 +34,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
+    sdp,
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
@@ -99,6 +100,7 @@ class Publication:
         kind: Kind,
         transceiver: Any,
         config: ForwardingConfig,
+        signalled_ssrc: int | None = None,
     ) -> None:
         codecs: list[RTCRtpCodecParameters] = list(transceiver._codecs)
         media = next(c for c in codecs if c.mimeType.lower() != "video/rtx")
@@ -129,6 +131,9 @@ class Publication:
             config=config,
             label=self.track_id,
         )
+        # With an SSRC in the offer, media on any other SSRC is dropped (aiortc's router
+        # would otherwise adopt unknown SSRCs whose payload type matches).
+        self.signalled_ssrc = signalled_ssrc
         self.nack = NackGenerator() if kind == "video" else None
         self.stats = hooks.receiver_statistics(self.receiver)
         self.dropped = 0
@@ -149,7 +154,9 @@ class Publication:
         try:
             pt = packet.payload_type
             if pt == self.media_pt:
-                pass
+                if self.signalled_ssrc is not None and packet.ssrc != self.signalled_ssrc:
+                    self.dropped += 1
+                    return
             elif pt == self.rtx_pt and self.forwarder.media_ssrc is not None:
                 if len(packet.payload) < 2:  # RTX padding (bandwidth probing)
                     return
@@ -198,7 +205,7 @@ class Publication:
             "packets_retransmitted": f.retransmitted,
             "packets_replayed": f.replayed,
             "keyframe_requests": f.pli_count,
-            "dropped": self.dropped,
+            "dropped": self.dropped + f.invalid + f.stale + f.duplicates,
             "errors": self.errors,
         }
 
@@ -266,6 +273,7 @@ class Participant:
                 await pc.setRemoteDescription(RTCSessionDescription(filtered.sdp, "offer"))
             except Exception as exc:
                 raise InvalidOffer(f"cannot apply the offer: {exc}") from exc
+            ssrcs = _signalled_ssrcs(filtered.sdp)
             for transceiver in pc.getTransceivers():
                 kind = _kind(transceiver.kind)
                 if kind in filtered.publishing and transceiver._codecs:
@@ -275,6 +283,7 @@ class Participant:
                             kind=kind,
                             transceiver=transceiver,
                             config=room.config,
+                            signalled_ssrc=ssrcs.get(str(transceiver.mid)),
                         )
                     )
             answer = await pc.createAnswer()
@@ -582,8 +591,8 @@ class Room:
         """Disconnect everyone and refuse new participants."""
         self.closed = True
         await asyncio.gather(*(p.leave("room_closed") for p in list(self.participants.values())))
-        for task in list(self._tasks):
-            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def active_publication(self, kind: Kind) -> Publication | None:
         """The publication viewers receive for this kind (the earliest live one)."""
@@ -696,6 +705,20 @@ class Room:
                 target.attach(d)
 
 
+def _signalled_ssrcs(sdp_text: str) -> dict[str, int]:
+    """The media SSRC each section of an offer announces (first of a=ssrc), by mid."""
+    found: dict[str, int] = {}
+    for media in sdp.SessionDescription.parse(sdp_text).media:
+        if media.kind in KINDS and media.ssrc and media.rtp.muxId is not None:
+            fid = next((g for g in media.ssrc_group if g.semantic == "FID"), None)
+            ssrc = fid.items[0] if fid is not None and fid.items else media.ssrc[0].ssrc
+            found[str(media.rtp.muxId)] = int(ssrc)
+    return found
+
+
 async def _close_pc(pc: RTCPeerConnection) -> None:
+    # Shielded: aiortc may already be closing this connection itself (the remote end
+    # closed DTLS) and every close() awaits one shared future; cancelling a waiter would
+    # cancel that future under aiortc's feet.
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT)
+        await asyncio.wait_for(asyncio.shield(pc.close()), CLOSE_TIMEOUT)
