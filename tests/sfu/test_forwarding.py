@@ -177,3 +177,38 @@ async def test_viewer_nack_is_answered_from_history(harness: Harness) -> None:
             break
         await asyncio.sleep(0.05)
     assert video.forwarder.retransmitted >= 1
+
+
+async def test_rtcp_reports_flow_both_ways(harness: Harness) -> None:
+    room = harness.room()
+    _, publisher = await harness.publish(room)
+    viewer_participant, viewer = await harness.view(room, "v")
+    await viewer.wait_frames(5)
+    d = viewer_participant.downstreams["video"]
+
+    async def stats_of(pc: object, kind_of_stat: str) -> list[object]:
+        report = await pc.getStats()  # type: ignore[attr-defined]
+        return [s for s in report.values() if s.type == kind_of_stat]
+
+    # the SFU's sender reports (rewritten per viewer) reach the viewer...
+    deadline = time.monotonic() + 5
+    while True:
+        reports = [s for s in await stats_of(viewer.pc, "remote-outbound-rtp") if s.ssrc == d.ssrc]
+        if reports or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert reports and reports[0].packetsSent > 0  # type: ignore[attr-defined]
+    # ...and the SFU's receiver reports reach the publisher
+    deadline = time.monotonic() + 5
+    while True:
+        received = await stats_of(publisher.pc, "remote-inbound-rtp")
+        if received or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert received and all(s.packetsReceived > 0 for s in received)  # type: ignore[attr-defined]
+    # the SR's RTP time is the forwarded stream's (publisher SR extrapolated, then offset)
+    sr = d.sender_report()
+    assert sr is not None and d.track is not None
+    last_out = (d.track.last_ts + d.ts_off) & 0xFFFFFFFF
+    drift = (sr.sender_info.rtp_timestamp - last_out) & 0xFFFFFFFF
+    assert min(drift, 0x100000000 - drift) < 90000 // 2
