@@ -212,3 +212,19 @@ async def test_rtcp_reports_flow_both_ways(harness: Harness) -> None:
     last_out = (d.track.last_ts + d.ts_off) & 0xFFFFFFFF
     drift = (sr.sender_info.rtp_timestamp - last_out) & 0xFFFFFFFF
     assert min(drift, 0x100000000 - drift) < 90000 // 2
+
+
+async def test_next_publisher_takes_over_without_renegotiation(harness: Harness) -> None:
+    room = harness.room()
+    first, _ = await harness.publish(room, "host-a", width=320, height=240)
+    second, _ = await harness.publish(room, "host-b", width=160, height=128)
+    _, viewer = await harness.view(room, "v")
+    await viewer.wait_frames(5)
+    assert {(w, h) for _, w, h in viewer.frames} == {(320, 240)}  # the earliest publisher
+    await first.leave()
+    active = room.active_publication("video")
+    assert active is not None and active.participant is second
+    before = len(viewer.frames)
+    await viewer.wait_frames(before + 10)
+    assert (160, 128) in {(w, h) for _, w, h in viewer.frames[before:]}
+    assert viewer.pc.signalingState == "stable"
