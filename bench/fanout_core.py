@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "sfu")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from aiortc.rtp import RtpPacket
-from conftest import Harness
+from peers import Harness
 
 from sfu import ForwardingConfig
 from sfu.ice import configure_host_candidates
@@ -104,7 +104,7 @@ async def run(viewers: int, packets: int, payload_size: int) -> dict[str, float]
         "us_per_forwarded_packet": total / (packets * viewers) * 1e6,
         "us_per_forwarded_packet_fanout_only": (total - alone) / (packets * viewers) * 1e6,
         "us_per_forwarded_packet_wall": wall / (packets * viewers) * 1e6,
-        "viewer_received_ratio": received / (packets * viewers),
+        "viewer_datagrams_per_forwarded_packet": received / (packets * viewers),
         "srtp_errors": forwarder.srtp_errors,
     }
     await host.leave()

@@ -53,6 +53,13 @@ _CSRC = struct.Struct("!L")
 _EXT_HEADER = struct.Struct("!HH")
 
 Profile = tuple[tuple[tuple[int, str], ...], str]
+_PROFILE_IDS: dict[Profile, int] = {}
+
+
+def _profile_id(profile: Profile) -> int:
+    """A small int per (header extension ids, mid): viewers sharing one share the bytes
+    after the fixed header, and an int is cheaper to look up than the tuple."""
+    return _PROFILE_IDS.setdefault(profile, len(_PROFILE_IDS))
 
 
 @dataclass(frozen=True)
@@ -170,10 +177,7 @@ class Downstream:
                 self.payload_types.setdefault(name, pt)
         self.ext_map = HeaderExtensionsMap()
         self.ext_map.configure(RTCRtpParameters(headerExtensions=list(header_extensions)))
-        self.profile: Profile = (
-            tuple(sorted((e.id, e.uri) for e in header_extensions)),
-            mid,
-        )
+        self.profile = _profile_id((tuple(sorted((e.id, e.uri) for e in header_extensions)), mid))
         self.raw = raw
         self.nominated = raw.nominated
         self.protect: Callable[[bytes], bytes] = raw.dtls._tx_srtp.protect
@@ -281,6 +285,7 @@ class TrackForwarder:
         self.packet_count = 0
         self.octet_count = 0
         self.kf_seq: int | None = None
+        self.kf_ts = 0
         self.muted = False
         self.closed = False
         self.sr_rtp: int | None = None
@@ -341,9 +346,13 @@ class TrackForwarder:
             return
         if detect is not None:
             if verdict:
-                self.kf_seq = seq
-                if self.pending:
-                    self._activate_pending(packet, now)
+                # H.264 marks several packets of one keyframe (SPS, PPS, IDR start): the
+                # keyframe starts at the first of them
+                if self.kf_seq is None or packet.timestamp != self.kf_ts:
+                    self.kf_seq = seq
+                    self.kf_ts = packet.timestamp
+                    if self.pending:
+                        self._activate_pending(packet, now)
             elif self.pending and now - self.last_pli_at > self.config.pending_keyframe_retry:
                 self.request_keyframe()
         elif self.pending:
@@ -355,7 +364,7 @@ class TrackForwarder:
         ts = packet.timestamp
         mpt = packet.marker << 7
         pack = _HEADER.pack
-        tails: dict[Profile, tuple[int, bytes]] = {}
+        tails: dict[int, tuple[int, bytes]] = {}
         abs_send = -1
         failed: list[Downstream] | None = None
         for d in downs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from conftest import Harness
+from peers import ClientPublisher, Harness
 
 
 async def test_fanout_vp8_to_three_viewers(harness: Harness) -> None:
@@ -30,7 +30,6 @@ async def test_fanout_vp8_to_three_viewers(harness: Harness) -> None:
 async def test_fanout_h264_pinned_profile(harness: Harness) -> None:
     room = harness.room(video_codec="H264")
     participant = room.join("host", can_publish_audio=True, can_publish_video=True)
-    from conftest import ClientPublisher
 
     client = ClientPublisher()
     harness.clients.append(client)

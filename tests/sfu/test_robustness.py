@@ -8,7 +8,7 @@ import struct
 
 import pytest
 from aiortc.rtp import RtpPacket
-from conftest import ClientPublisher, Harness
+from peers import ClientPublisher, Harness
 
 from sfu import (
     InvalidOffer,
