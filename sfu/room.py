@@ -151,6 +151,8 @@ class Publication:
 
     async def _on_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
         """Replaces aiortc's receive path: statistics, RTX unwrap, NACKs, then forward."""
+        if self.forwarder.closed:
+            return  # unpublished while its connection still carries the other kind
         try:
             pt = packet.payload_type
             if pt == self.media_pt:
@@ -413,9 +415,9 @@ class Participant:
         except Exception as exc:
             raise InvalidOffer(f"malformed ICE candidate: {candidate!r}") from exc
         parsed.sdpMid = sdp_mid
-        parsed.sdpMLineIndex = sdp_mline_index if sdp_mid is None else None
-        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            parsed.sdpMLineIndex = 0
+        parsed.sdpMLineIndex = sdp_mline_index
+        if sdp_mid is None and sdp_mline_index is None:
+            parsed.sdpMLineIndex = 0  # everything is bundled on the first section
         if parsed.ip.endswith(".local"):
             return  # mDNS: unresolvable here; peer-reflexive candidates cover it
         await pc.addIceCandidate(parsed)

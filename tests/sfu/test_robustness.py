@@ -144,3 +144,19 @@ async def test_events_are_serializable(harness: Harness) -> None:
     assert {d["kind"] for d in dicts if d["type"] == "track_published"} == {"audio", "video"}
     assert dicts[-1]["reason"] == "left"
     await asyncio.sleep(0)
+
+
+async def test_trickled_candidates_are_accepted_or_refused_cleanly(harness: Harness) -> None:
+    room = harness.room()
+    host, _ = await harness.publish(room)
+    await host.add_ice_candidate(
+        "publisher", "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host", sdp_mid="0"
+    )
+    await host.add_ice_candidate(
+        "publisher", "candidate:2 1 udp 2130706431 3f1c-unknown.local 9 typ host"
+    )
+    await host.add_ice_candidate("publisher", None)
+    with pytest.raises(InvalidOffer):
+        await host.add_ice_candidate("publisher", "candidate:garbage")
+    with pytest.raises(InvalidState):
+        await host.add_ice_candidate("subscriber", "candidate:1 1 udp 1 127.0.0.1 9 typ host")
