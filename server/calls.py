@@ -1,0 +1,762 @@
+"""Calls: creation, settings, members, the livestream lifecycle and the join rules.
+
+Plain functions over a database session; the routers only translate HTTP to these calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
+
+from server.call_types import CAPABILITIES, CallSettings, effective_settings, merge_settings
+from server.context import Coordinator
+from server.errors import ApiError, forbidden, invalid_request, not_found, not_implemented
+from server.models import Call, CallMember, CallType, SessionParticipant, User
+from server.schemas import (
+    CallCreate,
+    CallUpdate,
+    GoLiveIn,
+    JoinIn,
+    MemberIn,
+    MembersChange,
+)
+from stagecast.nodes import choose_node, live_nodes
+from stagecast.protocol import CALL_STATE_TTL_SECONDS, CONTROL, call_state_key
+from stagecast.tokens import Principal, SfuGrant
+
+MAX_LISTED_PARTICIPANTS = 100
+
+
+@dataclass
+class CallContext:
+    """A call as one caller sees it: the call, its type, members and the caller's rights."""
+
+    call: Call
+    call_type: CallType
+    settings: CallSettings
+    members: list[CallMember]
+    role: str
+    capabilities: frozenset[str]
+
+    def require(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            raise forbidden(
+                f"Your role '{self.role}' in this call lacks '{capability}'.", capability
+            )
+
+    @property
+    def backstage(self) -> bool:
+        return self.settings.backstage.enabled and not self.call.live
+
+
+def make_cid(call_type: str, call_id: str) -> str:
+    return f"{call_type}:{call_id}"
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+# Users
+
+
+async def ensure_user(coordinator: Coordinator, db: AsyncSession, user_id: str) -> None:
+    """Users are created on first use of a valid token."""
+    if user_id in coordinator.known_users:
+        return
+    now = coordinator.clock()
+    await db.execute(
+        _insert(db, User)
+        .values(
+            id=user_id, name="", image="", role="user", custom={}, created_at=now, updated_at=now
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    coordinator.known_users.add(user_id)
+
+
+def _dialect(db: AsyncSession) -> str:
+    return db.get_bind().dialect.name
+
+
+def _insert(db: AsyncSession, table: type[Any]) -> Any:
+    """An INSERT that supports ``on_conflict_do_nothing`` on this database."""
+    dialect = _dialect(db)
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
+async def users_by_id(db: AsyncSession, user_ids: set[str]) -> dict[str, User]:
+    if not user_ids:
+        return {}
+    rows = await db.scalars(select(User).where(User.id.in_(user_ids)))
+    return {user.id: user for user in rows}
+
+
+# Call types
+
+
+async def get_call_type(db: AsyncSession, name: str) -> CallType:
+    call_type = await db.get(CallType, name)
+    if call_type is None:
+        raise not_found(f"There is no call type '{name}'.")
+    return call_type
+
+
+def role_in_call(principal: Principal, members: list[CallMember]) -> str:
+    if principal.is_server or principal.app_role == "admin":
+        return "admin"
+    for member in members:
+        if member.user_id == principal.user_id:
+            return member.role
+    return "user"
+
+
+def capabilities_of(call_type: CallType, role: str, principal: Principal) -> frozenset[str]:
+    if principal.is_server:
+        return frozenset(CAPABILITIES)
+    return frozenset(call_type.grants.get(role, []))
+
+
+def check_scope(principal: Principal, cid: str) -> None:
+    if not principal.may_access(cid):
+        raise forbidden(f"This token is not valid for call '{cid}'.")
+
+
+def validate_settings(type_settings: dict[str, Any], override: dict[str, Any]) -> CallSettings:
+    try:
+        return effective_settings(type_settings, override)
+    except ValidationError as exc:
+        problems = [
+            {"location": ".".join(str(p) for p in err["loc"]), "problem": err["msg"]}
+            for err in exc.errors()
+        ]
+        raise ApiError(
+            422,
+            "invalid_request",
+            "settings_override is not valid: "
+            + "; ".join(f"{p['location']}: {p['problem']}" for p in problems[:3]),
+            {"errors": problems},
+        ) from None
+
+
+# Loading
+
+
+async def load_call(
+    db: AsyncSession, principal: Principal, call_type: str, call_id: str, *, lock: bool = False
+) -> CallContext:
+    cid = make_cid(call_type, call_id)
+    check_scope(principal, cid)
+    query = select(Call, CallType).join(CallType, Call.type == CallType.name).where(Call.cid == cid)
+    if lock and _dialect(db) == "postgresql":
+        query = query.with_for_update(of=Call)
+    row = (await db.execute(query)).first()
+    if row is None:
+        await get_call_type(db, call_type)  # an unknown type is reported as such
+        raise not_found(f"There is no call '{cid}'.")
+    call, type_row = row
+    members = list(await db.scalars(select(CallMember).where(CallMember.cid == cid)))
+    return _context(principal, call, type_row, members)
+
+
+def _context(
+    principal: Principal, call: Call, call_type: CallType, members: list[CallMember]
+) -> CallContext:
+    role = role_in_call(principal, members)
+    return CallContext(
+        call=call,
+        call_type=call_type,
+        settings=effective_settings(call_type.settings, call.settings_override),
+        members=members,
+        role=role,
+        capabilities=capabilities_of(call_type, role, principal),
+    )
+
+
+async def readable_call(
+    db: AsyncSession, principal: Principal, call_type: str, call_id: str
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id)
+    context.require("read-call")
+    return context
+
+
+# Serializing
+
+
+async def session_state(db: AsyncSession, call: Call, backstage: bool) -> dict[str, Any] | None:
+    if call.session_id is None:
+        return None
+    present = (
+        (SessionParticipant.cid == call.cid)
+        & (SessionParticipant.session_id == call.session_id)
+        & SessionParticipant.left_at.is_(None)
+        & SessionParticipant.joined_at.is_not(None)
+        & SessionParticipant.hidden.is_(False)
+    )
+    counts = dict(
+        (
+            await db.execute(
+                select(SessionParticipant.role, func.count())
+                .where(present)
+                .group_by(SessionParticipant.role)
+            )
+        ).all()
+    )
+    listed = await db.scalars(
+        select(SessionParticipant)
+        .where(present)
+        .order_by(SessionParticipant.joined_at)
+        .limit(MAX_LISTED_PARTICIPANTS)
+    )
+    total = sum(counts.values())
+    hosts = counts.get("host", 0)
+    return {
+        "id": call.session_id,
+        "started_at": call.session_started_at,
+        "participants": [
+            {
+                "participant_id": p.participant_id,
+                "user_id": p.user_id,
+                "role": p.role,
+                "joined_at": p.joined_at,
+            }
+            for p in listed
+        ],
+        "participant_count": total,
+        "participant_count_by_role": counts,
+        "anonymous_count": 0,
+        "waiting_count": total - hosts if backstage else 0,
+    }
+
+
+def _user_dict(user: User | None, user_id: str, fallback_time: datetime) -> dict[str, Any]:
+    if user is None:
+        return {
+            "id": user_id,
+            "name": "",
+            "image": "",
+            "role": "user",
+            "custom": {},
+            "created_at": fallback_time,
+            "updated_at": fallback_time,
+        }
+    return {
+        "id": user.id,
+        "name": user.name,
+        "image": user.image,
+        "role": user.role,
+        "custom": user.custom,
+        "created_at": user.created_at,
+        "updated_at": user.updated_at,
+    }
+
+
+async def call_response(
+    coordinator: Coordinator, db: AsyncSession, context: CallContext
+) -> dict[str, Any]:
+    """``{call, members, own_capabilities}`` for the caller."""
+    call = context.call
+    users = await users_by_id(
+        db, {call.created_by} | {member.user_id for member in context.members}
+    )
+    base_url = coordinator.settings.base_url
+    host = urlsplit(base_url).hostname or "127.0.0.1"
+    path = f"/v1/calls/{call.type}/{call.id}"
+    return {
+        "call": {
+            "cid": call.cid,
+            "type": call.type,
+            "id": call.id,
+            "created_by": _user_dict(users.get(call.created_by), call.created_by, call.created_at),
+            "created_at": call.created_at,
+            "updated_at": call.updated_at,
+            "starts_at": call.starts_at,
+            "backstage": context.backstage,
+            "live_started_at": call.live_started_at,
+            "ended_at": call.ended_at,
+            "settings": context.settings,
+            "session": await session_state(db, call, context.backstage),
+            "egress": {
+                "hls": {"status": "stopped", "playlist_url": None},
+                "recording": {"status": "stopped"},
+            },
+            "ingress": {
+                "rtmp": {"address": f"rtmp://{host}:{coordinator.settings.rtmp_port}/live"},
+                "whip": {"url": f"{base_url}{path}/whip"},
+            },
+            "custom": call.custom,
+        },
+        "members": [
+            {
+                "user_id": member.user_id,
+                "role": member.role,
+                "user": _user_dict(users.get(member.user_id), member.user_id, member.created_at),
+                "created_at": member.created_at,
+                "updated_at": member.updated_at,
+            }
+            for member in context.members
+        ],
+        "own_capabilities": sorted(context.capabilities),
+    }
+
+
+# Creating and updating
+
+
+async def get_or_create(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    body: CallCreate,
+) -> tuple[CallContext, bool]:
+    cid = make_cid(call_type, call_id)
+    check_scope(principal, cid)
+    type_row = await get_call_type(db, call_type)
+    existing = await db.get(Call, cid)
+    if existing is not None:
+        context = await load_call(db, principal, call_type, call_id)
+        context.require("read-call")
+        return context, False
+
+    creator_caps = capabilities_of(type_row, role_in_call(principal, []), principal)
+    if "create-call" not in creator_caps:
+        raise forbidden("You may not create calls of this type.", "create-call")
+    validate_settings(type_row.settings, body.settings_override)
+    await ensure_user(coordinator, db, principal.user_id)
+
+    now = coordinator.clock()
+    inserted = await db.execute(
+        _insert(db, Call)
+        .values(
+            cid=cid,
+            type=call_type,
+            id=call_id,
+            created_by=principal.user_id,
+            created_at=now,
+            updated_at=now,
+            starts_at=body.starts_at,
+            live=False,
+            settings_override=body.settings_override,
+            custom=body.custom,
+        )
+        .on_conflict_do_nothing(index_elements=["cid"])
+    )
+    created = getattr(inserted, "rowcount", 0) == 1
+    if created:
+        members = body.members or [MemberIn(user_id=principal.user_id, role="host")]
+        await _upsert_members(coordinator, db, cid, members)
+    context = await load_call(db, principal, call_type, call_id)
+    if created:
+        await _publish_call_state(coordinator, context)
+        await coordinator.hub.emit(
+            "call.created",
+            cid,
+            call=_event_call(context),
+            members=[{"user_id": m.user_id, "role": m.role} for m in context.members],
+        )
+    else:
+        context.require("read-call")
+    return context, created
+
+
+def _event_call(context: CallContext) -> dict[str, Any]:
+    call = context.call
+    return {
+        "cid": call.cid,
+        "type": call.type,
+        "id": call.id,
+        "created_by": call.created_by,
+        "starts_at": iso(call.starts_at),
+        "backstage": context.backstage,
+        "live_started_at": iso(call.live_started_at),
+        "ended_at": iso(call.ended_at),
+        "custom": call.custom,
+    }
+
+
+async def _upsert_members(
+    coordinator: Coordinator, db: AsyncSession, cid: str, members: list[MemberIn]
+) -> list[tuple[str, str, str]]:
+    """Insert or update members; returns ``(user_id, role, change)`` for each that changed."""
+    now = coordinator.clock()
+    wanted = {member.user_id: member.role for member in members}  # the last one wins
+    existing = {
+        member.user_id: member
+        for member in await db.scalars(
+            select(CallMember).where(CallMember.cid == cid, CallMember.user_id.in_(wanted))
+        )
+    }
+    changes: list[tuple[str, str, str]] = []
+    for user_id, role in wanted.items():
+        await ensure_user(coordinator, db, user_id)
+        member = existing.get(user_id)
+        if member is None:
+            db.add(CallMember(cid=cid, user_id=user_id, role=role, created_at=now, updated_at=now))
+            changes.append((user_id, role, "call.member_added"))
+        elif member.role != role:
+            member.role = role
+            member.updated_at = now
+            changes.append((user_id, role, "call.member_updated"))
+    await db.flush()
+    return changes
+
+
+async def update_call(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    body: CallUpdate,
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("update-call")
+    call = context.call
+    if body.settings_override is not None:
+        context.require("update-call-settings")
+        merged = merge_settings(call.settings_override, body.settings_override)
+        validate_settings(context.call_type.settings, merged)
+        call.settings_override = merged
+    if "starts_at" in body.model_fields_set:
+        call.starts_at = body.starts_at
+    if body.custom is not None:
+        call.custom = body.custom
+    call.updated_at = coordinator.clock()
+    await db.flush()
+    context = _context(principal, call, context.call_type, context.members)
+    await _publish_call_state(coordinator, context)
+    await coordinator.hub.emit("call.updated", call.cid, call=_event_call(context))
+    return context
+
+
+async def change_members(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    body: MembersChange,
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("update-call-members")
+    cid = context.call.cid
+    changes = await _upsert_members(coordinator, db, cid, body.upsert)
+    removed: list[str] = []
+    if body.remove:
+        if "remove-call-member" not in context.capabilities:
+            context.require("remove-call-member")
+        result = await db.scalars(
+            delete(CallMember)
+            .where(CallMember.cid == cid, CallMember.user_id.in_(body.remove))
+            .returning(CallMember.user_id)
+        )
+        removed = list(result)
+    context = await load_call(db, principal, call_type, call_id)
+    for user_id, role, event_type in changes:
+        await coordinator.hub.emit(event_type, cid, member={"user_id": user_id, "role": role})
+    for user_id in removed:
+        await coordinator.hub.emit("call.member_removed", cid, member={"user_id": user_id})
+    return context
+
+
+# The livestream lifecycle
+
+
+async def _publish_call_state(coordinator: Coordinator, context: CallContext) -> None:
+    """Tell SFU nodes whether media flows to viewers (live, or a call without backstage)."""
+    call = context.call
+    await coordinator.bus.set_key(
+        call_state_key(call.cid),
+        {"live": not context.backstage, "ended": call.ended_at is not None},
+        CALL_STATE_TTL_SECONDS,
+    )
+
+
+async def go_live(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    body: GoLiveIn,
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("go-live")
+    call = context.call
+    if call.ended_at is not None:
+        raise ApiError(409, "call_ended", "The call has ended; it cannot go live again.")
+    if body.start_hls:
+        raise not_implemented("HLS broadcasting")
+    if body.start_recording:
+        raise not_implemented("Recording")
+    if call.live:
+        return context
+    now = coordinator.clock()
+    call.live = True
+    call.live_started_at = now
+    call.updated_at = now
+    await db.flush()
+    context = _context(principal, call, context.call_type, context.members)
+    await _publish_call_state(coordinator, context)
+    await coordinator.bus.publish(CONTROL, {"type": "live_started", "cid": call.cid})
+    await coordinator.hub.emit("call.live_started", call.cid, call=_event_call(context))
+    return context
+
+
+async def stop_live(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("go-live")
+    call = context.call
+    if call.ended_at is not None:
+        raise ApiError(409, "call_ended", "The call has ended.")
+    if not call.live:
+        return context
+    call.live = False
+    call.updated_at = coordinator.clock()
+    await db.flush()
+    context = _context(principal, call, context.call_type, context.members)
+    await _publish_call_state(coordinator, context)
+    await coordinator.bus.publish(CONTROL, {"type": "live_stopped", "cid": call.cid})
+    await coordinator.hub.emit("call.live_stopped", call.cid, call=_event_call(context))
+    return context
+
+
+async def end_call(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+) -> CallContext:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("end-call")
+    call = context.call
+    if call.ended_at is not None:
+        return context
+    now = coordinator.clock()
+    call.live = False
+    call.ended_at = now
+    call.updated_at = now
+    session_id = call.session_id
+    await db.execute(
+        update(SessionParticipant)
+        .where(SessionParticipant.cid == call.cid, SessionParticipant.left_at.is_(None))
+        .values(left_at=now)
+    )
+    await db.flush()
+    context = _context(principal, call, context.call_type, context.members)
+    await _publish_call_state(coordinator, context)
+    await coordinator.bus.publish(CONTROL, {"type": "ended", "cid": call.cid})
+    await coordinator.hub.emit("call.ended", call.cid, call=_event_call(context))
+    if session_id is not None:
+        await coordinator.hub.emit("call.session_ended", call.cid, session_id=session_id)
+    return context
+
+
+# Joining
+
+
+async def join_call(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    body: JoinIn,
+) -> tuple[CallContext, dict[str, Any], bool]:
+    created = False
+    if body.create:
+        context, created = await get_or_create(
+            coordinator,
+            db,
+            principal,
+            call_type,
+            call_id,
+            CallCreate(
+                members=body.members,
+                starts_at=body.starts_at,
+                settings_override=body.settings_override,
+            ),
+        )
+    else:
+        context = await load_call(db, principal, call_type, call_id)
+    context.require("join-call")
+    backstage_allowed = admit(context, coordinator.clock())
+
+    call = context.call
+    limit = context.settings.limits.max_participants
+    if limit is not None:
+        present = await db.scalar(
+            select(func.count()).where(
+                SessionParticipant.cid == call.cid,
+                SessionParticipant.left_at.is_(None),
+                SessionParticipant.hidden.is_(False),
+            )
+        )
+        if (present or 0) >= limit:
+            raise ApiError(
+                503,
+                "capacity_exhausted",
+                f"The call is full ({limit} participants).",
+                {"reason": "max_participants", "max_participants": limit},
+            )
+
+    node = choose_node(await live_nodes(coordinator.bus), call.cid)
+    if node is None:
+        raise ApiError(
+            503,
+            "capacity_exhausted",
+            "No media server has room for another participant right now.",
+            {"reason": "no_sfu_capacity"},
+        )
+    await ensure_user(coordinator, db, principal.user_id)
+    session_id = await _ensure_session(coordinator, db, call)
+    grant = SfuGrant(
+        cid=call.cid,
+        user_id=principal.user_id,
+        session_id=session_id,
+        participant_id=uuid.uuid4().hex,
+        role=context.role,
+        capabilities=context.capabilities,
+        backstage_allowed=backstage_allowed,
+    )
+    credentials = {
+        "sfu_url": node.url,
+        "ws_url": node.ws_url,
+        "token": coordinator.keyring.sfu_token(grant, coordinator.settings.sfu_token_ttl_seconds),
+        "ice_servers": [],
+    }
+    return context, credentials, created
+
+
+def admit(context: CallContext, now: datetime) -> bool:
+    """Apply the join rules; returns whether the caller may receive media in backstage."""
+    call = context.call
+    if call.ended_at is not None:
+        if "join-ended-call" not in context.capabilities:
+            raise ApiError(409, "call_ended", "The call has ended.")
+        return "join-backstage" in context.capabilities
+    if not context.backstage or "join-backstage" in context.capabilities:
+        return True
+    join_ahead = context.settings.backstage.join_ahead_time_seconds
+    if call.starts_at is not None and now >= call.starts_at - timedelta(seconds=join_ahead):
+        return False  # admitted to wait: media flows from go-live on
+    raise ApiError(
+        403,
+        "call_in_backstage",
+        "The livestream has not started yet.",
+        {"starts_at": iso(call.starts_at), "join_ahead_time_seconds": join_ahead},
+    )
+
+
+async def _ensure_session(coordinator: Coordinator, db: AsyncSession, call: Call) -> str:
+    if call.session_id is not None:
+        return call.session_id
+    session_id = uuid.uuid4().hex
+    # Two joins may race to start the session: the first write wins, the other reads it.
+    await db.execute(
+        update(Call)
+        .where(Call.cid == call.cid, Call.session_id.is_(None))
+        .values(session_id=session_id)
+    )
+    stored = await db.scalar(select(Call.session_id).where(Call.cid == call.cid))
+    set_committed_value(call, "session_id", stored or session_id)
+    return stored or session_id
+
+
+# Querying
+
+
+def _encode_cursor(call: Call) -> str:
+    raw = json.dumps([call.created_at.isoformat(), call.cid]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, cid = json.loads(raw)
+        return datetime.fromisoformat(created_at), str(cid)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise invalid_request("'next' is not a cursor this API returned.") from None
+
+
+async def query_calls(
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str | None,
+    live: bool | None,
+    created_by: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[CallContext], str | None]:
+    query = select(Call, CallType).join(CallType, Call.type == CallType.name)
+    if call_type is not None:
+        query = query.where(Call.type == call_type)
+    if live is not None:
+        query = query.where(Call.live.is_(live))
+    if created_by is not None:
+        query = query.where(Call.created_by == created_by)
+    if principal.call_cids is not None:
+        query = query.where(Call.cid.in_(principal.call_cids))
+    if cursor is not None:
+        created_at, cid = _decode_cursor(cursor)
+        query = query.where(
+            or_(Call.created_at < created_at, and_(Call.created_at == created_at, Call.cid < cid))
+        )
+    query = query.order_by(Call.created_at.desc(), Call.cid.desc())
+
+    contexts: list[CallContext] = []
+    next_cursor: str | None = None
+    # Calls the caller may not read are skipped, so read in batches until the page is full.
+    while len(contexts) < limit:
+        rows = (await db.execute(query.limit(limit * 2))).all()
+        if not rows:
+            break
+        cids = [call.cid for call, _ in rows]
+        members: dict[str, list[CallMember]] = {cid: [] for cid in cids}
+        for member in await db.scalars(select(CallMember).where(CallMember.cid.in_(cids))):
+            members[member.cid].append(member)
+        for call, type_row in rows:
+            context = _context(principal, call, type_row, members[call.cid])
+            if "read-call" in context.capabilities:
+                contexts.append(context)
+            if len(contexts) == limit:
+                next_cursor = _encode_cursor(call)
+                break
+        else:
+            last = rows[-1][0]
+            query = query.where(
+                or_(
+                    Call.created_at < last.created_at,
+                    and_(Call.created_at == last.created_at, Call.cid < last.cid),
+                )
+            )
+            if len(rows) < limit * 2:
+                break
+    return contexts, next_cursor

@@ -1,0 +1,91 @@
+"""What every request handler may need, built once per process, and the typed dependencies
+that hand it out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request, WebSocket
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from server.clock import Clock
+from server.errors import ApiError
+from server.events import EventHub
+from stagecast.bus import Bus
+from stagecast.settings import Settings
+from stagecast.tokens import KeyRing, Principal, TokenError
+
+
+@dataclass
+class Coordinator:
+    settings: Settings
+    keyring: KeyRing
+    bus: Bus
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: Clock
+    hub: EventHub
+    known_users: set[str] = field(default_factory=set)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def workers_alive(self) -> bool:
+        return all(not task.done() for task in self.tasks)
+
+
+def get_coordinator(request: Request) -> Coordinator:
+    coordinator: Coordinator = request.app.state.coordinator
+    return coordinator
+
+
+def get_ws_coordinator(websocket: WebSocket) -> Coordinator:
+    coordinator: Coordinator = websocket.app.state.coordinator
+    return coordinator
+
+
+async def db_session(
+    coordinator: Annotated[Coordinator, Depends(get_coordinator)],
+) -> AsyncIterator[AsyncSession]:
+    async with coordinator.sessions() as session, session.begin():
+        yield session
+
+
+def bearer_token(authorization: str | None, query_token: str | None) -> str:
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthenticated", "Use 'Authorization: Bearer <token>'.")
+        return token.strip()
+    if query_token:
+        return query_token
+    raise ApiError(401, "unauthenticated", "A token is required.")
+
+
+def principal_from_token(coordinator: Coordinator, token: str) -> Principal:
+    try:
+        return coordinator.keyring.principal(token)
+    except TokenError as exc:
+        raise ApiError(401, exc.code, exc.message) from None
+
+
+async def authenticate(
+    request: Request, coordinator: Annotated[Coordinator, Depends(get_coordinator)]
+) -> Principal:
+    token = bearer_token(request.headers.get("authorization"), request.query_params.get("token"))
+    return principal_from_token(coordinator, token)
+
+
+async def require_server_or_admin(
+    principal: Annotated[Principal, Depends(authenticate)],
+) -> Principal:
+    if not (principal.is_server or principal.app_role == "admin"):
+        raise ApiError(403, "forbidden", "Only server tokens and admins may do this.")
+    return principal
+
+
+CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
+DbSession = Annotated[AsyncSession, Depends(db_session)]
+Caller = Annotated[Principal, Depends(authenticate)]
+AdminCaller = Annotated[Principal, Depends(require_server_or_admin)]

@@ -1,0 +1,237 @@
+"""Request and response bodies of the REST API (they make the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from server.call_types import CallRole, CallSettings, Capability
+
+CALL_ID_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+USER_ID_PATTERN = r"^[a-zA-Z0-9@_.-]{1,128}$"
+TYPE_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
+
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+CallId = Annotated[str, StringConstraints(pattern=CALL_ID_PATTERN)]
+TypeName = Annotated[str, StringConstraints(pattern=TYPE_NAME_PATTERN)]
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps need a time zone (use Z for UTC)")
+    return value
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+Custom = Annotated[dict[str, Any], Field(max_length=64)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# Users
+
+
+class UserIn(Body):
+    name: str = Field("", max_length=256)
+    image: str = Field("", max_length=2048)
+    role: Literal["user", "admin"] = "user"
+    custom: Custom = {}
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    image: str
+    role: str
+    custom: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserResponse(BaseModel):
+    user: UserOut
+
+
+# Call types
+
+
+class CallTypeIn(Body):
+    settings: CallSettings = CallSettings()
+    grants: dict[CallRole, list[Capability]]
+
+
+class CallTypeOut(BaseModel):
+    name: str
+    settings: CallSettings
+    grants: dict[str, list[str]]
+    created_at: datetime
+    updated_at: datetime
+
+
+class CallTypesResponse(BaseModel):
+    call_types: list[CallTypeOut]
+
+
+# Calls
+
+
+class MemberIn(Body):
+    user_id: UserId
+    role: CallRole = "user"
+
+
+class MemberOut(BaseModel):
+    user_id: str
+    role: str
+    user: UserOut | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CallCreate(Body):
+    members: Annotated[list[MemberIn], Field(max_length=1000)] = []
+    starts_at: AwareDatetime | None = None
+    settings_override: dict[str, Any] = {}
+    custom: Custom = {}
+
+
+class CallUpdate(Body):
+    starts_at: AwareDatetime | None = None
+    settings_override: dict[str, Any] | None = None
+    custom: Custom | None = None
+
+
+class MembersChange(Body):
+    upsert: Annotated[list[MemberIn], Field(max_length=1000)] = []
+    remove: Annotated[list[UserId], Field(max_length=1000)] = []
+
+
+class GoLiveIn(Body):
+    start_hls: bool = False
+    start_recording: bool = False
+
+
+class JoinIn(Body):
+    create: bool = False
+    members: Annotated[list[MemberIn], Field(max_length=1000)] = []
+    starts_at: AwareDatetime | None = None
+    settings_override: dict[str, Any] = {}
+
+
+class ParticipantOut(BaseModel):
+    participant_id: str
+    user_id: str
+    role: str
+    joined_at: datetime | None
+
+
+class SessionOut(BaseModel):
+    id: str
+    started_at: datetime | None
+    participants: list[ParticipantOut]
+    participant_count: int
+    participant_count_by_role: dict[str, int]
+    anonymous_count: int
+    waiting_count: int = Field(description="Non-hosts present while the call is in backstage.")
+
+
+class HlsEgressOut(BaseModel):
+    status: Literal["stopped", "starting", "running"] = "stopped"
+    playlist_url: str | None = None
+
+
+class RecordingEgressOut(BaseModel):
+    status: Literal["stopped", "starting", "running"] = "stopped"
+
+
+class EgressOut(BaseModel):
+    hls: HlsEgressOut = HlsEgressOut()
+    recording: RecordingEgressOut = RecordingEgressOut()
+
+
+class RtmpIngressOut(BaseModel):
+    address: str
+
+
+class WhipIngressOut(BaseModel):
+    url: str
+
+
+class IngressOut(BaseModel):
+    rtmp: RtmpIngressOut
+    whip: WhipIngressOut
+
+
+class CallOut(BaseModel):
+    cid: str
+    type: str
+    id: str
+    created_by: UserOut
+    created_at: datetime
+    updated_at: datetime
+    starts_at: datetime | None
+    backstage: bool
+    live_started_at: datetime | None
+    ended_at: datetime | None
+    settings: CallSettings
+    session: SessionOut | None
+    egress: EgressOut
+    ingress: IngressOut
+    custom: dict[str, Any]
+
+
+class CallResponse(BaseModel):
+    call: CallOut
+    members: list[MemberOut]
+    own_capabilities: list[str]
+
+
+class CallCreatedResponse(CallResponse):
+    created: bool
+
+
+class CallsResponse(BaseModel):
+    calls: list[CallResponse]
+    next: str | None
+
+
+class MembersResponse(BaseModel):
+    members: list[MemberOut]
+    next: str | None = None
+
+
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Credentials(BaseModel):
+    sfu_url: str
+    ws_url: str
+    token: str
+    ice_servers: list[IceServer]
+
+
+class JoinResponse(CallResponse):
+    credentials: Credentials
+    created: bool = False
+
+
+class ParticipantsResponse(BaseModel):
+    session: SessionOut | None
+
+
+class DevTokenIn(Body):
+    user_id: UserId
+    ttl_seconds: int = Field(3600, ge=60, le=86400)
+
+
+class DevTokenResponse(BaseModel):
+    token: str
+    user_id: str
+    api_key: str

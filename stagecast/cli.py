@@ -1,0 +1,142 @@
+"""The ``stagecast`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from stagecast.logs import configure_logging
+from stagecast.settings import Settings
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    flags = {
+        key: value
+        for key, value in vars(args).items()
+        if key in Settings.model_fields and value is not None
+    }
+    flags.update(overrides)
+    return Settings(**flags)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from stagecast.tokens import KeyRing, load_api_keys
+
+    settings = _settings(args, dev_mode=True if args.dev_mode is None else args.dev_mode)
+    configure_logging(settings.log_format, settings.log_level)
+    keyring = KeyRing(load_api_keys(settings))
+    app = create_app(settings, migrate=True)
+    print(f"Stagecast is running at {settings.base_url}", flush=True)
+    print(f"  API key: {keyring.signing_key.key}", flush=True)
+    if settings.dev_mode:
+        print(
+            f"  dev mode: API secret kept in {settings.data_dir / 'dev-api-key.json'}; "
+            "demo users log in without a secret",
+            flush=True,
+        )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    app = create_app(settings, migrate=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from server.db import upgrade
+
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    upgrade(settings.effective_database_url)
+    print("database is up to date")
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from stagecast.tokens import KeyRing, load_api_keys
+
+    settings = _settings(args)
+    keyring = KeyRing(load_api_keys(settings))
+    if args.server:
+        print(keyring.server_token(ttl_seconds=args.ttl))
+    else:
+        if not args.user:
+            print("token create: give --user ID or --server", file=sys.stderr)
+            return 2
+        print(
+            keyring.user_token(
+                args.user, ttl_seconds=args.ttl, call_cids=args.call or None, role=args.role
+            )
+        )
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", dest="data_dir", help="where embedded state is kept")
+    parser.add_argument("--database-url", dest="database_url")
+    parser.add_argument("--redis-url", dest="redis_url")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stagecast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="every role in one process (embedded defaults)")
+    coordinator = commands.add_parser("coordinator", help="the API coordinator only")
+    for sub in (serve, coordinator):
+        _common(sub)
+        sub.add_argument("--host")
+        sub.add_argument("--port", type=int)
+        sub.add_argument("--public-url", dest="public_url")
+    serve.add_argument(
+        "--dev-mode", dest="dev_mode", action=argparse.BooleanOptionalAction, default=None
+    )
+    serve.set_defaults(run=_serve)
+    coordinator.set_defaults(run=_coordinator)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="apply every migration")
+    _common(db_upgrade)
+    db_upgrade.set_defaults(run=_db_upgrade)
+
+    token = commands.add_parser("token", help="tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    create = token_commands.add_parser("create", help="print a signed token")
+    _common(create)
+    create.add_argument("--user", help="user id (the token's sub)")
+    create.add_argument("--server", action="store_true", help="a server token (full access)")
+    create.add_argument("--ttl", type=int, default=3600, help="seconds (default 3600)")
+    create.add_argument(
+        "--call", action="append", help="limit to this call cid (repeatable)", default=[]
+    )
+    create.add_argument("--role", choices=["user", "admin"])
+    create.set_defaults(run=_token_create)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ValueError as exc:  # configuration errors: say what to fix, no traceback
+        print(f"stagecast: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
