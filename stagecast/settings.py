@@ -14,6 +14,9 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+MIN_SECRET_BYTES = 32
+
+
 class ApiKey:
     """One API key / secret pair. The secret signs and verifies HS256 tokens."""
 
@@ -22,6 +25,11 @@ class ApiKey:
     def __init__(self, key: str, secret: str) -> None:
         if not key or not secret:
             raise ValueError("an API key and its secret must both be non-empty")
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"the secret of API key {key!r} is too short: HS256 needs at least "
+                f"{MIN_SECRET_BYTES} bytes"
+            )
         self.key = key
         self.secret = secret
 

@@ -7,8 +7,6 @@ missing part fails the run instead.
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,28 +15,7 @@ import pytest
 from stagecast.bus import Bus
 from stagecast.bus.memory import MemoryBus
 from stagecast.bus.redis import RedisBus
-
-REDIS_URL = os.environ.get("STAGECAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "STAGECAST_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-)
-
-
-def require(available: bool, reason: str) -> None:
-    """Skip (or, under CI, fail) a test whose real dependency is missing."""
-    if available:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"required for CI: {reason}")
-    pytest.skip(reason)
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+from tests.support import REDIS_URL, port_open, require
 
 
 @pytest.fixture(params=["memory", "redis"])
