@@ -296,6 +296,7 @@ class TrackForwarder:
         self._pli_timer: asyncio.TimerHandle | None = None
         # counters
         self.forwarded = 0
+        self.forwarded_octets = 0  # payload bytes sent to viewers (packets x viewers)
         self.retransmitted = 0
         self.nack_misses = 0
         self.replayed = 0
@@ -395,6 +396,7 @@ class TrackForwarder:
                     failed = []
                 failed.append(d)
         self.forwarded += len(downs)
+        self.forwarded_octets += len(downs) * len(payload)
         if failed:
             for d in failed:
                 self._fail(d)

@@ -73,7 +73,13 @@ from .events import (
 )
 from .forwarder import Downstream, ForwardingConfig, RawSender, TrackForwarder
 from .ice import rtc_configuration
-from .sdp import H264_PROFILE_LEVEL_ID, VIDEO_CODECS, VideoCodec, filter_publisher_offer
+from .sdp import (
+    H264_PROFILE_LEVEL_ID,
+    VIDEO_CODECS,
+    VideoCodec,
+    filter_publisher_offer,
+    viewer_offer_kinds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -225,12 +231,16 @@ class Participant:
         can_publish_video: bool,
         can_receive: bool,
         info: Mapping[str, Any],
+        receiving: bool = True,
     ) -> None:
         self.room = room
         self.id = participant_id
         self.can_publish_audio = can_publish_audio
         self.can_publish_video = can_publish_video
         self.can_receive = can_receive
+        # Whether the room feeds media to this participant's receiving connection. Off,
+        # the viewer stays connected (e.g. waiting in backstage) and gets nothing.
+        self.receiving = receiving
         self.info = dict(info)
         self.publisher_pc: RTCPeerConnection | None = None
         self.subscriber_pc: RTCPeerConnection | None = None
@@ -350,15 +360,7 @@ class Participant:
         self.subscriber_pc = pc
         try:
             for kind in KINDS:
-                transceiver = pc.addTransceiver(kind, direction="sendonly")
-                transceiver.sender.replaceTrack(hooks.IdleTrack(kind))
-                transceiver.setCodecPreferences(self.room._codec_capabilities(kind))
-                self._subscriber_transceivers[kind] = transceiver
-                hooks.install_sender_hooks(
-                    transceiver.sender,
-                    self._viewer_rtcp_handler(kind),
-                    self._sender_report_maker(kind),
-                )
+                self._add_subscriber_transceiver(pc, kind)
             offer = await pc.createOffer()
             await pc.setLocalDescription(offer)
             self._check_live()
@@ -370,6 +372,59 @@ class Participant:
         hooks.ignore_incoming_rtp(self._subscriber_transceivers["audio"].sender.transport)
         self._watch(pc, "subscriber")
         return str(pc.localDescription.sdp)
+
+    async def answer_subscription(self, offer_sdp: str) -> str:
+        """Answer a client's offer to receive (WHEP: ``recvonly`` sections): the client
+        gets the same pre-allocated slots as with :meth:`subscribe`, one per kind it
+        offered. The answer carries every server candidate (gathering is complete).
+
+        Raises :class:`SubscribeForbidden`, :class:`NoCompatibleCodec` (no Opus, or no
+        video codec the room can forward), :class:`InvalidOffer`, :class:`InvalidState`."""
+        self._check_live()
+        if not self.can_receive:
+            raise SubscribeForbidden(self.id)
+        if self.subscriber_pc is not None:
+            raise InvalidState(f"participant {self.id!r} is already subscribed")
+        room = self.room
+        kinds = viewer_offer_kinds(
+            offer_sdp, video_codec=room.video_codec, preference=room.video_codec_preference
+        )
+        pc = RTCPeerConnection(room.rtc_configuration)
+        self.subscriber_pc = pc
+        try:
+            for kind in KINDS:
+                if kind in kinds:
+                    self._add_subscriber_transceiver(pc, kind)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            except Exception as exc:
+                raise InvalidOffer(f"cannot apply the offer: {exc}") from exc
+            ours = set(map(id, self._subscriber_transceivers.values()))
+            if any(id(t) not in ours for t in pc.getTransceivers()):
+                raise InvalidOffer("the offer has a media section this SFU cannot answer")
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+            self._check_live()
+        except BaseException:
+            self.subscriber_pc = None
+            self._subscriber_transceivers.clear()
+            await _close_pc(pc)
+            raise
+        for transceiver in self._subscriber_transceivers.values():
+            hooks.ignore_incoming_rtp(transceiver.sender.transport)
+        self._watch(pc, "subscriber")
+        return str(pc.localDescription.sdp)
+
+    def _add_subscriber_transceiver(self, pc: RTCPeerConnection, kind: Kind) -> None:
+        transceiver = pc.addTransceiver(kind, direction="sendonly")
+        transceiver.sender.replaceTrack(hooks.IdleTrack(kind))
+        transceiver.setCodecPreferences(self.room._codec_capabilities(kind))
+        self._subscriber_transceivers[kind] = transceiver
+        hooks.install_sender_hooks(
+            transceiver.sender,
+            self._viewer_rtcp_handler(kind),
+            self._sender_report_maker(kind),
+        )
 
     async def set_subscriber_answer(self, answer_sdp: str) -> None:
         """Apply the client's answer to :meth:`subscribe`'s offer. Media starts once the
@@ -384,6 +439,16 @@ class Participant:
             raise InvalidOffer(f"cannot apply the answer: {exc}") from exc
         if pc.connectionState == "connected":
             self._subscriber_connected()
+
+    def set_receiving(self, enabled: bool) -> None:
+        """Start or stop feeding media to this participant, without renegotiation: a
+        connected viewer starts at the next keyframe (or the cached one)."""
+        if enabled == self.receiving:
+            return
+        self.receiving = enabled
+        if not self.left:
+            for kind in KINDS:
+                self.room._rebind(kind)
 
     def request_keyframe(self) -> None:
         """Ask the publisher of the video this participant receives for a keyframe
@@ -446,6 +511,7 @@ class Participant:
             "can_publish_audio": self.can_publish_audio,
             "can_publish_video": self.can_publish_video,
             "can_receive": self.can_receive,
+            "receiving_enabled": self.receiving,
             "publishing": sorted(self.publications),
             "receiving": sorted(k for k, d in self.downstreams.items() if d.active),
         }
@@ -560,8 +626,11 @@ class Room:
         can_publish_video: bool = False,
         can_receive: bool = True,
         info: Mapping[str, Any] | None = None,
+        receiving: bool = True,
     ) -> Participant:
-        """Add a participant with the capabilities the caller authorized."""
+        """Add a participant with the capabilities the caller authorized. With
+        ``receiving=False`` it may connect to receive but is fed nothing until
+        :meth:`Participant.set_receiving`."""
         if self.closed:
             raise RoomClosed(f"room {self.id!r} is closed")
         if participant_id in self.participants:
@@ -573,6 +642,7 @@ class Room:
             can_publish_video=can_publish_video,
             can_receive=can_receive,
             info=info or {},
+            receiving=receiving,
         )
         self.participants[participant_id] = participant
         self._emit(
@@ -689,7 +759,11 @@ class Room:
             if d is None or d.failed or participant.left:
                 continue
             target: TrackForwarder | None = None
-            if publication is not None and publication.participant is not participant:
+            if (
+                publication is not None
+                and publication.participant is not participant
+                and participant.receiving
+            ):
                 if d.accepts(publication.forwarder.codec_name):
                     target = publication.forwarder
                 else:

@@ -196,3 +196,42 @@ def filter_publisher_offer(
     return FilteredOffer(
         sdp="\r\n".join(lines) + "\r\n", publishing=frozenset(publishing), video_codec=chosen
     )
+
+
+def viewer_offer_kinds(
+    sdp: str,
+    *,
+    video_codec: VideoCodec | None,
+    preference: Sequence[VideoCodec] = VIDEO_CODECS,
+) -> frozenset[Kind]:
+    """The kinds a client's receiving offer (WHEP) asks for: ``recvonly`` (or
+    ``sendrecv``) audio and video sections. Raises :class:`InvalidOffer` for malformed SDP,
+    more than one section of a kind or nothing to receive, :class:`NoCompatibleCodec`
+    when a section has no codec the room can send (Opus; the room's video codec, or any
+    of ``preference`` while the room has none)."""
+    _, sections = _split(sdp)
+    kinds: set[Kind] = set()
+    for section in sections:
+        if section.kind not in ("audio", "video"):
+            raise InvalidOffer(f"cannot answer a {section.kind!r} section")
+        kind: Kind = "audio" if section.kind == "audio" else "video"
+        if kind in kinds:
+            raise InvalidOffer(f"more than one {kind} section in the offer")
+        if section.lines[0].split()[1] == "0":
+            raise InvalidOffer(f"the {kind} section is rejected (port 0)")
+        if section.direction not in ("recvonly", "sendrecv"):
+            raise InvalidOffer(f"the {kind} section does not receive ({section.direction})")
+        kinds.add(kind)
+        if kind == "audio":
+            if not any(
+                section.rtpmap.get(pt, ("", 0, 0))[:2] == ("opus", 48000)
+                for pt in section.payload_types
+            ):
+                raise NoCompatibleCodec("audio", "opus")
+        else:
+            order: list[VideoCodec] = [video_codec] if video_codec else list(preference)
+            if not any(find_video_payload_type(section, codec) for codec in order):
+                raise NoCompatibleCodec("video", " or ".join(order))
+    if not kinds:
+        raise InvalidOffer("the offer receives no audio or video")
+    return frozenset(kinds)
