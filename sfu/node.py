@@ -162,8 +162,6 @@ class SfuNode:
         self.draining = False
         self.started = False
         self.stopped = False
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_NodeCollector(self))
         self._publications: dict[str, Publication] = {}
         self._retired = {"received_packets": 0, "forwarded_packets": 0, "forwarded_bytes": 0}
         self._reports: asyncio.Queue[Message] = asyncio.Queue()
@@ -171,6 +169,8 @@ class SfuNode:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._stack = AsyncExitStack()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_NodeCollector(self))
 
     # -- properties ---------------------------------------------------------------------
 
