@@ -19,7 +19,7 @@ from server.context import Coordinator
 from server.errors import install_error_handlers
 from server.events import EventHub
 from server.metrics import API_ERRORS, HTTP_LATENCY, HTTP_REQUESTS
-from server.routers import call_types, calls, dev, events, service, users
+from server.routers import call_types, calls, dev, events, media, service, users
 from server.sessions import run_report_consumer, run_sweeper
 from stagecast.bus import Bus, create_bus
 from stagecast.settings import Settings
@@ -137,7 +137,14 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (service.router, users.router, call_types.router, calls.router, events.router):
+    for router in (
+        service.router,
+        users.router,
+        call_types.router,
+        calls.router,
+        media.router,
+        events.router,
+    ):
         app.include_router(router)
     if settings.dev_mode:
         app.include_router(dev.router)

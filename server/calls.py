@@ -32,7 +32,7 @@ from server.schemas import (
     MemberIn,
     MembersChange,
 )
-from stagecast.nodes import choose_node, live_nodes
+from stagecast.nodes import NodeInfo, choose_node, live_nodes
 from stagecast.protocol import CALL_STATE_TTL_SECONDS, CONTROL, call_state_key
 from stagecast.tokens import Principal, SfuGrant
 
@@ -606,8 +606,32 @@ async def join_call(
     else:
         context = await load_call(db, principal, call_type, call_id)
     context.require("join-call")
-    backstage_allowed = admit(context, coordinator.clock())
+    node, token = await admit_participant(coordinator, db, principal, context)
+    credentials = {
+        "sfu_url": node.url,
+        "ws_url": node.ws_url,
+        "token": token,
+        "ice_servers": [],
+    }
+    return context, credentials, created
 
+
+async def admit_participant(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    context: CallContext,
+    *,
+    publishing: bool = False,
+) -> tuple[NodeInfo, str]:
+    """Apply the join rules and the limits; pick an SFU node and sign the SFU token.
+
+    Every way into a call's media (join, WHIP, WHEP) comes through here. A publisher with
+    ``send-audio``/``send-video`` may enter in backstage without ``join-backstage``.
+    """
+    if publishing and context.call.ended_at is not None:
+        raise ApiError(409, "call_ended", "The call has ended.")
+    backstage_allowed = True if publishing else admit(context, coordinator.clock())
     call = context.call
     limit = context.settings.limits.max_participants
     if limit is not None:
@@ -645,13 +669,7 @@ async def join_call(
         capabilities=context.capabilities,
         backstage_allowed=backstage_allowed,
     )
-    credentials = {
-        "sfu_url": node.url,
-        "ws_url": node.ws_url,
-        "token": coordinator.keyring.sfu_token(grant, coordinator.settings.sfu_token_ttl_seconds),
-        "ice_servers": [],
-    }
-    return context, credentials, created
+    return node, coordinator.keyring.sfu_token(grant, coordinator.settings.sfu_token_ttl_seconds)
 
 
 def admit(context: CallContext, now: datetime) -> bool:
