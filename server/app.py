@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import db
@@ -148,6 +149,15 @@ def create_app(
         app.include_router(router)
     if settings.dev_mode:
         app.include_router(dev.router)
+    # Tokens travel in headers, never cookies, so any origin may call the API (WHIP players,
+    # web apps served elsewhere); Location must be readable for WHIP/WHEP.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Location", "Link", "ETag"],
+    )
     app.add_middleware(AccessLog)
     return app
 
