@@ -616,13 +616,7 @@ class SfuNode:
             raise SessionError("invalid_request", "'sdp' must be an SDP offer.")
         # refuse before joining, so a bad offer leaves no trace in the call
         if kind == "whip":
-            filtered = filter_publisher_offer(sdp, video_codec=None)
-            if not filtered.publishing:
-                raise SessionError("invalid_request", "The offer sends no audio or video.")
-            for media in sorted(filtered.publishing):
-                allowed = grant.can_send_audio if media == "audio" else grant.can_send_video
-                if not allowed:
-                    raise sfu_session_error(PublishForbidden(grant.participant_id, media))
+            check_publish_offer(grant, sdp)
         else:
             viewer_offer_kinds(sdp, video_codec=None)
         session = await self.open_session(grant, "whip" if kind == "whip" else "whep")
@@ -741,6 +735,18 @@ class SfuNode:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def check_publish_offer(grant: SfuGrant, sdp: str) -> None:
+    """Refuse a publishing offer the grant does not cover, naming the missing capability
+    (:class:`SessionError` ``forbidden``), or one that sends nothing."""
+    filtered = filter_publisher_offer(sdp, video_codec=None)
+    if not filtered.publishing:
+        raise SessionError("invalid_request", "The offer sends no audio or video.")
+    for media in sorted(filtered.publishing):
+        allowed = grant.can_send_audio if media == "audio" else grant.can_send_video
+        if not allowed:
+            raise sfu_session_error(PublishForbidden(grant.participant_id, media))
 
 
 def sfu_error_dict(exc: SfuError) -> dict[str, Any]:

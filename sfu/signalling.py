@@ -22,7 +22,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import SfuError
-from .node import SfuNode, sfu_error_dict
+from .node import SfuNode, check_publish_offer, sfu_error_dict
 from .session import (
     CLOSE_CODES,
     CLOSE_GOING_AWAY,
@@ -278,7 +278,9 @@ class SignallingConnection:
         participant = session.participant
         echo = _echo_id(message)
         if kind == "publish_offer":
-            answer = await participant.publish(_str_field(message, "sdp"))
+            sdp = _str_field(message, "sdp")
+            check_publish_offer(session.grant, sdp)
+            answer = await participant.publish(sdp)
             self.send({"type": "publish_answer", "sdp": answer, **echo})
             self.send({"type": "trickle", "target": "publisher", "candidate": None})
         elif kind == "subscribe":

@@ -152,11 +152,18 @@ class SfuConnection:
                     [c for c in caps if c.mimeType.lower() == f"video/{video_codec.lower()}"]
                     + [c for c in caps if c.mimeType.lower() == "video/rtx"]
                 )
-        await pc.setLocalDescription(await pc.createOffer())
-        reply = await self.request(
-            {"type": "publish_offer", "sdp": pc.localDescription.sdp}, "publish_answer", timeout
-        )
-        await pc.setRemoteDescription(Description(reply["sdp"], "answer"))
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+            reply = await self.request(
+                {"type": "publish_offer", "sdp": pc.localDescription.sdp},
+                "publish_answer",
+                timeout,
+            )
+            await pc.setRemoteDescription(Description(reply["sdp"], "answer"))
+        except BaseException:
+            self.publisher_pc = None
+            await asyncio.shield(pc.close())
+            raise
         return str(reply["sdp"])
 
     async def subscribe(self, mode: ViewerMode = "decode", timeout: float = 10.0) -> Viewer:
