@@ -8,6 +8,7 @@ the API; API tokens are refused by the SFU.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -214,6 +215,8 @@ def load_api_keys(settings: Settings) -> list[ApiKey]:
         return [ApiKey(stored["key"], stored["secret"])]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     pair = ApiKey("dev-" + secrets.token_hex(6), secrets.token_urlsafe(32))
-    path.write_text(json.dumps({"key": pair.key, "secret": pair.secret}))
-    path.chmod(0o600)
+    # Created private: never readable by others, not even until a chmod.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(json.dumps({"key": pair.key, "secret": pair.secret}))
     return [pair]
