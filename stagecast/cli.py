@@ -24,13 +24,13 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app
+    from stagecast.embedded import create_embedded_app
     from stagecast.tokens import KeyRing, load_api_keys
 
     settings = _settings(args, dev_mode=True if args.dev_mode is None else args.dev_mode)
     configure_logging(settings.log_format, settings.log_level)
     keyring = KeyRing(load_api_keys(settings))
-    app = create_app(settings, migrate=True)
+    app = create_embedded_app(settings)
     print(f"Stagecast is running at {settings.base_url}", flush=True)
     print(f"  API key: {keyring.signing_key.key}", flush=True)
     if settings.dev_mode:
@@ -51,6 +51,29 @@ def _coordinator(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_format, settings.log_level)
     app = create_app(settings, migrate=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    return 0
+
+
+def _sfu(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from sfu.node import create_sfu_app
+    from stagecast.bus import create_bus
+    from stagecast.embedded import create_node
+    from stagecast.tokens import KeyRing, load_api_keys
+
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    if not settings.redis_url:
+        raise ValueError("an SFU node in its own process needs STAGECAST_REDIS_URL (the bus)")
+    node = create_node(
+        settings,
+        create_bus(settings.redis_url),
+        KeyRing(load_api_keys(settings)),
+        settings.base_url,
+    )
+    app = create_sfu_app(node)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
     return 0
 
@@ -96,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="every role in one process (embedded defaults)")
     coordinator = commands.add_parser("coordinator", help="the API coordinator only")
-    for sub in (serve, coordinator):
+    sfu = commands.add_parser("sfu", help="one SFU media node (needs the Redis bus)")
+    for sub in (serve, coordinator, sfu):
         _common(sub)
         sub.add_argument("--host")
         sub.add_argument("--port", type=int)
@@ -106,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_serve)
     coordinator.set_defaults(run=_coordinator)
+    sfu.set_defaults(run=_sfu)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)

@@ -1,0 +1,61 @@
+"""Every role in one process: the coordinator with an SFU node mounted at ``/sfu``.
+
+This is what ``stagecast serve`` runs (the embedded default) and what end-to-end tests start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.clock import Clock, system_clock
+from server.context import Coordinator
+from sfu.ice import configure_host_candidates
+from sfu.node import SfuNode, create_sfu_app
+from stagecast.bus import Bus, create_bus
+from stagecast.settings import Settings
+from stagecast.tokens import KeyRing, load_api_keys
+
+SFU_MOUNT = "/sfu"
+
+
+def configure_media_addresses(settings: Settings) -> None:
+    """Where an SFU node gathers ICE host candidates (process-wide).
+
+    ``STAGECAST_SFU_ANNOUNCED_ADDRESS`` names the one address to offer; otherwise every
+    interface address is offered, plus 127.0.0.1 so that clients on the same machine connect.
+    """
+    if settings.sfu_announced_address:
+        configure_host_candidates([settings.sfu_announced_address])
+    else:
+        configure_host_candidates(include_loopback=True)
+
+
+def create_node(settings: Settings, bus: Bus, keyring: KeyRing, public_url: str) -> SfuNode:
+    configure_media_addresses(settings)
+    return SfuNode(settings, bus, keyring, public_url)
+
+
+def create_embedded_app(
+    settings: Settings, *, bus: Bus | None = None, clock: Clock = system_clock
+) -> FastAPI:
+    """The coordinator with migrations applied on start and an SFU node at ``/sfu``."""
+    keyring = KeyRing(load_api_keys(settings))
+    the_bus = bus or create_bus(settings.redis_url)
+    node = create_node(settings, the_bus, keyring, settings.base_url + SFU_MOUNT)
+
+    @asynccontextmanager
+    async def run_node(_coordinator: Coordinator) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop(drain=False)
+
+    app = create_app(settings, bus=the_bus, clock=clock, migrate=True, companions=[run_node])
+    app.mount(SFU_MOUNT, create_sfu_app(node, lifespan=False))
+    app.state.sfu_node = node
+    return app
