@@ -429,12 +429,12 @@ class SfuNode:
     async def _close_entry(self, entry: RoomEntry, reason: str) -> None:
         """Disconnect everyone in a room and close it."""
         entry.closed = True
+        if self.rooms.get(entry.cid) is entry:
+            del self.rooms[entry.cid]
         sessions = list(entry.sessions.values())
         await asyncio.gather(
             *(self._end_session(s, reason) for s in sessions), return_exceptions=True
         )
-        if self.rooms.get(entry.cid) is entry:
-            del self.rooms[entry.cid]
         await entry.room.close()
 
     def _on_room_event(self, entry: RoomEntry, event: RoomEvent) -> None:
