@@ -28,6 +28,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import uvicorn
 from aiortc import RTCConfiguration
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -808,3 +809,42 @@ def create_sfu_app(node: SfuNode, *, lifespan: bool = True) -> Starlette:
         ],
         lifespan=run if lifespan else None,
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that, on the first SIGINT/SIGTERM, drains the node (``goaway`` to
+    clients, wait until they leave or the grace period ends) *before* uvicorn closes the
+    WebSockets; a second signal exits at once. Plain ``uvicorn.run`` would close every
+    WebSocket first, so clients would never see ``goaway``."""
+
+    def __init__(self, config: uvicorn.Config, node: SfuNode) -> None:
+        super().__init__(config)
+        self.node = node
+        self._drain: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[Any] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self._drain is not None or self._loop is None or self.node.draining:
+            super().handle_exit(sig, frame)
+            return
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.node.drain()
+        finally:
+            self.should_exit = True
+
+
+def run_sfu(node: SfuNode, host: str, port: int, **uvicorn_options: Any) -> None:
+    """Serve :func:`create_sfu_app` standalone with uvicorn, draining on SIGTERM."""
+    config = uvicorn.Config(create_sfu_app(node), host=host, port=port, **uvicorn_options)
+    DrainingServer(config, node).run()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 from typing import Any
 
 import aioice.ice
 import httpx
 import pytest
+import uvicorn
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from nodeharness import HOST_CAPS, grant, host_token, running_node, token, viewer_token
+from nodeharness import HOST_CAPS, KEYRING, grant, host_token, running_node, token, viewer_token
 
 from sfu.ice import rtc_configuration
+from sfu.node import DrainingServer, SfuNode, create_sfu_app
 from stagecast import nodes, protocol
 from stagecast.bus import Bus
 from stagecast.client import (
@@ -21,6 +25,7 @@ from stagecast.client import (
     ToneAudioTrack,
     Viewer,
 )
+from stagecast.settings import Settings
 
 
 async def test_host_publishes_three_viewers_decode(bus: Bus) -> None:
@@ -332,3 +337,30 @@ async def test_registry_drain_and_service_endpoints(bus: Bus) -> None:
             assert node_id not in {n.id for n in await nodes.live_nodes(bus)}
         finally:
             await asyncio.gather(host.close(), viewer.close())
+
+
+async def test_standalone_server_drains_on_sigterm(bus: Bus) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    settings = Settings(node_id="sfu-standalone", node_heartbeat_seconds=0.2)
+    node = SfuNode(settings, bus, KEYRING, f"http://127.0.0.1:{port}", drain_grace_seconds=10)
+    config = uvicorn.Config(create_sfu_app(node), log_config=None, ws="websockets-sansio")
+    server = DrainingServer(config, node)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                raise RuntimeError("uvicorn stopped during start-up")
+            await asyncio.sleep(0.01)
+        viewer = await SfuConnection.connect(node.ws_url, viewer_token())
+        server.handle_exit(signal.SIGTERM, None)
+        await viewer.wait_for("goaway")
+        assert not task.done()  # still serving while the client is connected
+        await viewer.leave()
+        await asyncio.wait_for(task, 10)
+        assert node.stopped and "sfu-standalone" not in {n.id for n in await nodes.live_nodes(bus)}
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()

@@ -229,3 +229,20 @@ async def _eventually(check: object, timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.05)
+
+
+async def test_the_same_token_reconnecting_replaces_the_old_session(bus: Bus) -> None:
+    async with running_node(bus) as rn:
+        tok = viewer_token()
+        first = await SfuConnection.connect(rn.ws_url, tok)
+        second = await SfuConnection.connect(rn.ws_url, tok)
+        try:
+            await asyncio.wait_for(first.closed.wait(), 5)
+            assert first.goodbye == {"type": "goodbye", "reason": "replaced"}
+            assert first.close_code == 4010
+            assert second.joined["participant_id"] == first.joined["participant_id"]
+            assert rn.node.load == 1
+            await second.send({"type": "ping", "id": 1})
+            assert (await second.wait_for("pong"))["id"] == 1
+        finally:
+            await asyncio.gather(first.close(), second.close())
