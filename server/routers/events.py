@@ -89,7 +89,13 @@ async def events_socket(
     sender = asyncio.create_task(send_loop())
     try:
         while True:
-            text = await websocket.receive_text()
+            received = await websocket.receive()
+            if received["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(received.get("code", 1000))
+            text = received.get("text")
+            if text is None:
+                watcher.offer(_error("invalid_request", "Send JSON text messages, not binary."))
+                continue
             if len(text) > MAX_MESSAGE_BYTES:
                 watcher.offer(_error("invalid_request", "Message too large."))
                 continue
