@@ -95,12 +95,15 @@ class EventHub:
         try:
             if delay:
                 await asyncio.sleep(delay)
-            self._count_last_sent[cid] = time.monotonic()
+        finally:
+            # From here on a change schedules the next update: the counts read below may
+            # already miss it.
+            self._count_pending.pop(cid, None)
+        self._count_last_sent[cid] = time.monotonic()
+        try:
             await self.emit("call.participant_count_updated", cid, **(await counts()))
         except Exception:
             log.exception("participant count update failed", extra={"cid": cid})
-        finally:
-            self._count_pending.pop(cid, None)
 
     # WebSocket watchers on this process
 
