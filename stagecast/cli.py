@@ -56,9 +56,7 @@ def _coordinator(args: argparse.Namespace) -> int:
 
 
 def _sfu(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from sfu.node import create_sfu_app
+    from sfu.node import run_sfu
     from stagecast.bus import create_bus
     from stagecast.embedded import create_node
     from stagecast.tokens import KeyRing, load_api_keys
@@ -73,8 +71,8 @@ def _sfu(args: argparse.Namespace) -> int:
         KeyRing(load_api_keys(settings)),
         settings.base_url,
     )
-    app = create_sfu_app(node)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # Drains on SIGTERM: clients get `goaway` before their WebSockets close.
+    run_sfu(node, settings.host, settings.port, log_config=None, access_log=False)
     return 0
 
 
