@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.call_types import effective_settings
@@ -83,8 +83,18 @@ async def apply_report(coordinator: Coordinator, report: Message) -> None:
                 return  # a repeated or late report
             row.joined_at = at
             if call.session_id == row.session_id and call.session_started_at is None:
-                call.session_started_at = at
-                session_started = True
+                # Conditional, so that of two coordinators applying joins at once only one
+                # starts the session (and emits call.session_started).
+                started = await db.execute(
+                    update(Call)
+                    .where(
+                        Call.cid == cid,
+                        Call.session_id == row.session_id,
+                        Call.session_started_at.is_(None),
+                    )
+                    .values(session_started_at=at)
+                )
+                session_started = getattr(started, "rowcount", 0) == 1
         else:
             if row.left_at is not None:
                 return
