@@ -86,6 +86,8 @@ async def require_server_or_admin(
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
-DbSession = Annotated[AsyncSession, Depends(db_session)]
+# "function": commit before the response is sent, so a client that got an answer reads what
+# it wrote (and a failed commit is an error response, not a success already sent).
+DbSession = Annotated[AsyncSession, Depends(db_session, scope="function")]
 Caller = Annotated[Principal, Depends(authenticate)]
 AdminCaller = Annotated[Principal, Depends(require_server_or_admin)]
