@@ -679,8 +679,10 @@ def admit(context: CallContext, now: datetime) -> bool:
         if "join-ended-call" not in context.capabilities:
             raise ApiError(409, "call_ended", "The call has ended.")
         return "join-backstage" in context.capabilities
-    if not context.backstage or "join-backstage" in context.capabilities:
+    if "join-backstage" in context.capabilities:
         return True
+    if not context.backstage:
+        return False  # admitted while live: after a stop-live, no media until the next go-live
     join_ahead = context.settings.backstage.join_ahead_time_seconds
     if call.starts_at is not None and now >= call.starts_at - timedelta(seconds=join_ahead):
         return False  # admitted to wait: media flows from go-live on
