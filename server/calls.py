@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from server.call_types import CAPABILITIES, CallSettings, effective_settings, merge_settings
-from server.context import Coordinator
+from server.context import Coordinator, after_commit
 from server.errors import ApiError, forbidden, invalid_request, not_found, not_implemented
 from server.models import Call, CallMember, CallType, SessionParticipant, User
 from server.schemas import (
@@ -366,13 +366,15 @@ async def get_or_create(
         await _upsert_members(coordinator, db, cid, members)
     context = await load_call(db, principal, call_type, call_id)
     if created:
-        await _publish_call_state(coordinator, context)
-        await coordinator.hub.emit(
-            "call.created",
-            cid,
-            call=_event_call(context),
-            members=[{"user_id": m.user_id, "role": m.role} for m in context.members],
-        )
+        created_call = _event_call(context)
+        member_roles = [{"user_id": m.user_id, "role": m.role} for m in context.members]
+        state = _call_state(context)
+
+        async def announce() -> None:
+            await _publish_call_state(coordinator, cid, state)
+            await coordinator.hub.emit("call.created", cid, call=created_call, members=member_roles)
+
+        after_commit(db, announce)
     else:
         context.require("read-call")
     return context, created
@@ -443,8 +445,7 @@ async def update_call(
     call.updated_at = coordinator.clock()
     await db.flush()
     context = _context(principal, call, context.call_type, context.members)
-    await _publish_call_state(coordinator, context)
-    await coordinator.hub.emit("call.updated", call.cid, call=_event_call(context))
+    _announce(coordinator, db, context, "call.updated")
     return context
 
 
@@ -471,24 +472,53 @@ async def change_members(
         )
         removed = list(result)
     context = await load_call(db, principal, call_type, call_id)
-    for user_id, role, event_type in changes:
-        await coordinator.hub.emit(event_type, cid, member={"user_id": user_id, "role": role})
-    for user_id in removed:
-        await coordinator.hub.emit("call.member_removed", cid, member={"user_id": user_id})
+
+    async def announce() -> None:
+        for user_id, role, event_type in changes:
+            await coordinator.hub.emit(event_type, cid, member={"user_id": user_id, "role": role})
+        for user_id in removed:
+            await coordinator.hub.emit("call.member_removed", cid, member={"user_id": user_id})
+
+    after_commit(db, announce)
     return context
 
 
 # The livestream lifecycle
 
 
-async def _publish_call_state(coordinator: Coordinator, context: CallContext) -> None:
-    """Tell SFU nodes whether media flows to viewers (live, or a call without backstage)."""
-    call = context.call
-    await coordinator.bus.set_key(
-        call_state_key(call.cid),
-        {"live": not context.backstage, "ended": call.ended_at is not None},
-        CALL_STATE_TTL_SECONDS,
-    )
+def _call_state(context: CallContext) -> dict[str, bool]:
+    """What SFU nodes need to know: does media flow to viewers (live, or a call without
+    backstage), and has the call ended."""
+    return {"live": not context.backstage, "ended": context.call.ended_at is not None}
+
+
+async def _publish_call_state(coordinator: Coordinator, cid: str, state: dict[str, bool]) -> None:
+    await coordinator.bus.set_key(call_state_key(cid), state, CALL_STATE_TTL_SECONDS)
+
+
+def _announce(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    context: CallContext,
+    event_type: str,
+    control: str | None = None,
+    ended_session: str | None = None,
+) -> None:
+    """After commit: update the call state for SFU nodes, send ``control`` to them, emit
+    ``event_type`` with the call (and ``call.session_ended`` for ``ended_session``)."""
+    cid = context.call.cid
+    state = _call_state(context)
+    event_call = _event_call(context)
+
+    async def announce() -> None:
+        await _publish_call_state(coordinator, cid, state)
+        if control is not None:
+            await coordinator.bus.publish(CONTROL, {"type": control, "cid": cid})
+        await coordinator.hub.emit(event_type, cid, call=event_call)
+        if ended_session is not None:
+            await coordinator.hub.emit("call.session_ended", cid, session_id=ended_session)
+
+    after_commit(db, announce)
 
 
 async def go_live(
@@ -516,9 +546,7 @@ async def go_live(
     call.updated_at = now
     await db.flush()
     context = _context(principal, call, context.call_type, context.members)
-    await _publish_call_state(coordinator, context)
-    await coordinator.bus.publish(CONTROL, {"type": "live_started", "cid": call.cid})
-    await coordinator.hub.emit("call.live_started", call.cid, call=_event_call(context))
+    _announce(coordinator, db, context, "call.live_started", "live_started")
     return context
 
 
@@ -540,9 +568,7 @@ async def stop_live(
     call.updated_at = coordinator.clock()
     await db.flush()
     context = _context(principal, call, context.call_type, context.members)
-    await _publish_call_state(coordinator, context)
-    await coordinator.bus.publish(CONTROL, {"type": "live_stopped", "cid": call.cid})
-    await coordinator.hub.emit("call.live_stopped", call.cid, call=_event_call(context))
+    _announce(coordinator, db, context, "call.live_stopped", "live_stopped")
     return context
 
 
@@ -570,11 +596,7 @@ async def end_call(
     )
     await db.flush()
     context = _context(principal, call, context.call_type, context.members)
-    await _publish_call_state(coordinator, context)
-    await coordinator.bus.publish(CONTROL, {"type": "ended", "cid": call.cid})
-    await coordinator.hub.emit("call.ended", call.cid, call=_event_call(context))
-    if session_id is not None:
-        await coordinator.hub.emit("call.session_ended", call.cid, session_id=session_id)
+    _announce(coordinator, db, context, "call.ended", "ended", ended_session=session_id)
     return context
 
 

@@ -4,7 +4,8 @@ that hand it out."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -45,10 +46,29 @@ def get_ws_coordinator(websocket: WebSocket) -> Coordinator:
     return coordinator
 
 
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(db: AsyncSession, action: AfterCommit) -> None:
+    """Run ``action`` once ``db``'s transaction has committed, so that nobody hears of a change
+    (events, bus messages) before it can be read, nor of one that was rolled back."""
+    db.info.setdefault("after_commit", []).append(action)
+
+
+@asynccontextmanager
+async def transaction(coordinator: Coordinator) -> AsyncIterator[AsyncSession]:
+    """A database session in one transaction; its :func:`after_commit` actions run after it."""
+    async with coordinator.sessions() as session:
+        async with session.begin():
+            yield session
+        for action in session.info.pop("after_commit", []):
+            await action()
+
+
 async def db_session(
     coordinator: Annotated[Coordinator, Depends(get_coordinator)],
 ) -> AsyncIterator[AsyncSession]:
-    async with coordinator.sessions() as session, session.begin():
+    async with transaction(coordinator) as session:
         yield session
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.calls import admit_participant, load_call
-from server.context import Coordinator
+from server.context import Coordinator, transaction
 from server.errors import ApiError, forbidden, invalid_request, not_found
 from stagecast.bus import BusTimeout
 from stagecast.protocol import node_channel
@@ -96,7 +96,7 @@ async def open_session(
     """Admit the caller like a join, relay the offer; the resource and the SDP answer."""
     # Admission commits before the relay: no transaction stays open while the node works,
     # and the session exists when the node reports the participant.
-    async with coordinator.sessions() as db, db.begin():
+    async with transaction(coordinator) as db:
         context = await load_call(db, principal, call_type, call_id)
         context.require("join-call")
         if direction == "whip" and not {"send-audio", "send-video"} & context.capabilities:

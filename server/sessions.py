@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.call_types import effective_settings
 from server.calls import session_state
-from server.context import Coordinator
+from server.context import Coordinator, transaction
 from server.models import Call, CallType, SessionParticipant
 from stagecast.bus import Message
 from stagecast.nodes import live_nodes
@@ -71,7 +71,7 @@ async def apply_report(coordinator: Coordinator, report: Message) -> None:
     hub = coordinator.hub
     now = coordinator.clock()
     at = _timestamp(report.get("at"), now)
-    async with coordinator.sessions() as db, db.begin():
+    async with transaction(coordinator) as db:
         call = await db.get(Call, cid)
         if call is None:
             log.warning("report for an unknown call ignored", extra={"cid": cid})
@@ -124,7 +124,7 @@ async def apply_report(coordinator: Coordinator, report: Message) -> None:
 
 
 async def participant_counts(coordinator: Coordinator, cid: str) -> dict[str, Any]:
-    async with coordinator.sessions() as db, db.begin():
+    async with transaction(coordinator) as db:
         row = (
             await db.execute(
                 select(Call, CallType)
@@ -174,11 +174,11 @@ async def sweep_departed_nodes(coordinator: Coordinator) -> int:
     )
     if alive:
         query = query.where(SessionParticipant.node_id.not_in(alive))
-    async with coordinator.sessions() as db, db.begin():
+    async with transaction(coordinator) as db:
         orphans = (await db.execute(query)).all()
     for participant_id, cid in orphans:
         row_report = {"type": "participant_left", "cid": cid, "reason": "node_lost"}
-        async with coordinator.sessions() as db, db.begin():
+        async with transaction(coordinator) as db:
             row = await db.get(SessionParticipant, participant_id)
             if row is None:
                 continue

@@ -15,6 +15,7 @@ from server.context import (
     bearer_token,
     get_ws_coordinator,
     principal_from_token,
+    transaction,
 )
 from server.errors import ApiError
 from server.events import Watcher
@@ -45,7 +46,7 @@ async def _watch(
         try:
             if not sep:
                 raise ApiError(400, "invalid_request", f"'{cid}' is not a call cid.")
-            async with coordinator.sessions() as db, db.begin():
+            async with transaction(coordinator) as db:
                 await calls.readable_call(db, principal, call_type, call_id)
         except ApiError as exc:
             errors.append(_error(exc.code, exc.message, cid=cid))
