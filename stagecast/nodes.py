@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from stagecast.bus import Bus
-from stagecast.protocol import NODE_PREFIX, node_key
+from stagecast.protocol import NODE_DIRECTORY, node_key
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ async def deregister(bus: Bus, node_id: str) -> None:
 
 async def live_nodes(bus: Bus) -> list[NodeInfo]:
     nodes = []
-    for value in (await bus.scan_keys(NODE_PREFIX)).values():
+    for value in (await bus.keys_in(NODE_DIRECTORY)).values():
         try:
             nodes.append(NodeInfo.from_dict(value))
         except (KeyError, TypeError, ValueError):

@@ -19,12 +19,12 @@ CONTROL = "calls.control"
 SFU_EVENTS = "sfu-events"
 EVENTS = "events"
 WEBHOOKS = "webhooks"
-NODE_PREFIX = "nodes/"
+NODE_DIRECTORY = "nodes"
 CALL_STATE_TTL_SECONDS = 7 * 86400
 
 
 def node_key(node_id: str) -> str:
-    return NODE_PREFIX + node_id
+    return f"{NODE_DIRECTORY}/{node_id}"
 
 
 def node_channel(node_id: str) -> str:

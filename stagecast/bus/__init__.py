@@ -64,7 +64,8 @@ class Bus(ABC):
 
     @abstractmethod
     async def set_key(self, key: str, value: Message, ttl_seconds: float) -> None:
-        """Store ``value`` under ``key``; it disappears after ``ttl_seconds`` unless set again."""
+        """Store ``value`` under ``key`` (``"directory/name"``); it disappears after
+        ``ttl_seconds`` unless set again."""
 
     @abstractmethod
     async def get_key(self, key: str) -> Message | None: ...
@@ -73,8 +74,9 @@ class Bus(ABC):
     async def delete_key(self, key: str) -> None: ...
 
     @abstractmethod
-    async def scan_keys(self, prefix: str) -> dict[str, Message]:
-        """Every live key that starts with ``prefix``, with its value."""
+    async def keys_in(self, directory: str) -> dict[str, Message]:
+        """Every live key ``"{directory}/..."`` with its value. Costs what the directory
+        holds, not what the whole registry holds."""
 
     @abstractmethod
     async def enqueue(self, queue: str, payload: Message) -> str:
@@ -122,6 +124,14 @@ class Bus(ABC):
             await self.publish(reply_to, answer)
 
 
+def directory_of(key: str) -> str:
+    """The directory of a registry key (``"nodes/sfu-1"`` -> ``"nodes"``)."""
+    directory, sep, name = key.partition("/")
+    if not sep or not directory or not name:
+        raise ValueError(f"registry keys look like 'directory/name', not {key!r}")
+    return directory
+
+
 def encode(message: Message) -> str:
     return json.dumps(message, separators=(",", ":"), default=str)
 
@@ -152,5 +162,6 @@ __all__ = [
     "Subscription",
     "create_bus",
     "decode",
+    "directory_of",
     "encode",
 ]

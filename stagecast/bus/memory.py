@@ -10,7 +10,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from stagecast.bus import Bus, Job, Message, Subscription, decode, encode
+from stagecast.bus import Bus, Job, Message, Subscription, decode, directory_of, encode
 
 
 class _MemorySubscription(Subscription):
@@ -60,6 +60,7 @@ class MemoryBus(Bus):
                         del self._subscribers[channel]
 
     async def set_key(self, key: str, value: Message, ttl_seconds: float) -> None:
+        directory_of(key)
         self._keys[key] = (encode(value), self._clock() + ttl_seconds)
 
     async def get_key(self, key: str) -> Message | None:
@@ -74,7 +75,8 @@ class MemoryBus(Bus):
     async def delete_key(self, key: str) -> None:
         self._keys.pop(key, None)
 
-    async def scan_keys(self, prefix: str) -> dict[str, Message]:
+    async def keys_in(self, directory: str) -> dict[str, Message]:
+        prefix = directory + "/"
         now = self._clock()
         expired = [key for key, (_, deadline) in self._keys.items() if deadline <= now]
         for key in expired:

@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from stagecast.bus import Bus, Job, Message, Subscription, decode, encode
+from stagecast.bus import Bus, Job, Message, Subscription, decode, directory_of, encode
 
 # Re-queue expired leases, then take the oldest waiting job.
 _CLAIM = """
@@ -92,29 +92,46 @@ class RedisBus(Bus):
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    def _key(self, key: str) -> str:
+        return self._ns + "key:" + key
+
+    def _directory(self, key: str) -> str:
+        # A sorted set per directory, scored by expiry, so listing a directory never scans
+        # the whole keyspace.
+        return self._ns + "dir:" + directory_of(key)
+
     async def set_key(self, key: str, value: Message, ttl_seconds: float) -> None:
-        await self._redis.set(
-            self._ns + "key:" + key, encode(value), px=max(1, int(ttl_seconds * 1000))
-        )
+        ttl_ms = max(1, int(ttl_seconds * 1000))
+        now_ms = time.time() * 1000
+        directory = self._directory(key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(key), encode(value), px=ttl_ms)
+            pipe.zremrangebyscore(directory, "-inf", now_ms)
+            pipe.zadd(directory, {key: now_ms + ttl_ms})
+            await pipe.execute()
 
     async def get_key(self, key: str) -> Message | None:
-        data = await self._redis.get(self._ns + "key:" + key)
+        data = await self._redis.get(self._key(key))
         return None if data is None else decode(data)
 
     async def delete_key(self, key: str) -> None:
-        await self._redis.delete(self._ns + "key:" + key)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(key))
+            pipe.zrem(self._directory(key), key)
+            await pipe.execute()
 
-    async def scan_keys(self, prefix: str) -> dict[str, Message]:
-        full_prefix = self._ns + "key:"
-        names = [
-            name
-            async for name in self._redis.scan_iter(match=_glob_escape(full_prefix + prefix) + "*")
-        ]
-        if not names:
+    async def keys_in(self, directory: str) -> dict[str, Message]:
+        index = self._ns + "dir:" + directory
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(index, "-inf", time.time() * 1000)
+            pipe.zrange(index, 0, -1)
+            _, members = await pipe.execute()
+        if not members:
             return {}
-        values = await self._redis.mget(names)
+        names = [member.decode() for member in members]
+        values = await self._redis.mget([self._key(name) for name in names])
         return {
-            name.decode()[len(full_prefix) :]: decode(value)
+            name: decode(value)
             for name, value in zip(names, values, strict=True)
             if value is not None
         }
@@ -162,7 +179,3 @@ class RedisBus(Bus):
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)

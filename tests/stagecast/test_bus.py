@@ -35,23 +35,30 @@ async def test_messages_round_trip_through_json(bus: Bus) -> None:
         )
 
 
-async def test_keys_expire_and_scan_by_prefix(bus: Bus) -> None:
+async def test_keys_expire_and_are_listed_by_directory(bus: Bus) -> None:
     await bus.set_key("nodes/a", {"load": 1}, ttl_seconds=0.3)
     await bus.set_key("nodes/b", {"load": 2}, ttl_seconds=30)
     await bus.set_key("other/c", {"load": 3}, ttl_seconds=30)
     assert await bus.get_key("nodes/a") == {"load": 1}
-    assert await bus.scan_keys("nodes/") == {"nodes/a": {"load": 1}, "nodes/b": {"load": 2}}
+    assert await bus.keys_in("nodes") == {"nodes/a": {"load": 1}, "nodes/b": {"load": 2}}
     await asyncio.sleep(0.5)
     assert await bus.get_key("nodes/a") is None
-    assert await bus.scan_keys("nodes/") == {"nodes/b": {"load": 2}}
+    assert await bus.keys_in("nodes") == {"nodes/b": {"load": 2}}
     await bus.delete_key("nodes/b")
-    assert await bus.scan_keys("nodes/") == {}
+    assert await bus.keys_in("nodes") == {}
 
 
-async def test_scan_treats_glob_characters_literally(bus: Bus) -> None:
+async def test_directories_are_exact_and_glob_characters_literal(bus: Bus) -> None:
     await bus.set_key("x*/1", {"v": 1}, ttl_seconds=30)
     await bus.set_key("xy/2", {"v": 2}, ttl_seconds=30)
-    assert await bus.scan_keys("x*") == {"x*/1": {"v": 1}}
+    await bus.set_key("x/3", {"v": 3}, ttl_seconds=30)
+    assert await bus.keys_in("x*") == {"x*/1": {"v": 1}}
+    assert await bus.keys_in("x") == {"x/3": {"v": 3}}
+
+
+async def test_keys_need_a_directory(bus: Bus) -> None:
+    with pytest.raises(ValueError):
+        await bus.set_key("flat", {"v": 1}, ttl_seconds=30)
 
 
 async def test_jobs_are_claimed_once_in_order(bus: Bus) -> None:
