@@ -20,7 +20,7 @@ from server.context import Coordinator
 from server.errors import install_error_handlers
 from server.events import EventHub
 from server.metrics import API_ERRORS, HTTP_LATENCY, HTTP_REQUESTS
-from server.routers import call_types, calls, dev, events, media, service, users
+from server.routers import call_types, calls, dev, events, media, service, users, web
 from server.sessions import run_report_consumer, run_sweeper
 from stagecast.bus import Bus, create_bus
 from stagecast.settings import Settings
@@ -145,6 +145,7 @@ def create_app(
         calls.router,
         media.router,
         events.router,
+        web.router,
     ):
         app.include_router(router)
     if settings.dev_mode:
