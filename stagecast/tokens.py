@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from stagecast.settings import ApiKey, Settings
 
 ALGORITHM = "HS256"
 SFU_TOKEN_TYPE = "sfu"
+# The API's user ids and call cids (docs/api.md): anything else in a token is refused.
+USER_ID = re.compile(r"[a-zA-Z0-9@_.-]{1,128}")
+CALL_CID = re.compile(r"[a-zA-Z0-9_-]{1,64}:[a-zA-Z0-9_-]{1,64}")
 
 
 class TokenError(Exception):
@@ -144,9 +148,12 @@ class KeyRing:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise TokenError("unauthenticated", "The token has no 'sub' claim.")
+        if not USER_ID.fullmatch(subject):
+            raise TokenError("unauthenticated", "The token's 'sub' is not a valid user id.")
         cids = claims.get("call_cids")
         if cids is not None and not (
-            isinstance(cids, list) and all(isinstance(cid, str) for cid in cids)
+            isinstance(cids, list)
+            and all(isinstance(cid, str) and CALL_CID.fullmatch(cid) for cid in cids)
         ):
             raise TokenError("unauthenticated", "'call_cids' must be a list of call cids.")
         role = claims.get("role", "user")
