@@ -10,7 +10,7 @@ import binascii
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ from server.schemas import (
 )
 from stagecast.nodes import NodeInfo, choose_node, live_nodes
 from stagecast.protocol import CALL_STATE_TTL_SECONDS, CONTROL, call_state_key
-from stagecast.tokens import Principal, SfuGrant
+from stagecast.tokens import CALL_CID, Principal, SfuGrant
 
 MAX_LISTED_PARTICIPANTS = 100
 
@@ -743,8 +743,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, cid = json.loads(raw)
-        return datetime.fromisoformat(created_at), str(cid)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        when = datetime.fromisoformat(created_at)
+        # Only what _encode_cursor writes: a UTC time and a cid (else the query would fail).
+        if when.tzinfo is None or when.isoformat() != when.astimezone(UTC).isoformat():
+            raise ValueError("not a UTC time")
+        if not isinstance(cid, str) or not CALL_CID.fullmatch(cid):
+            raise ValueError("not a cid")
+        return when, cid
+    except (binascii.Error, ValueError, TypeError, OverflowError):
         raise invalid_request("'next' is not a cursor this API returned.") from None
 
 
