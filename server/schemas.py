@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
 
 from server.call_types import CallRole, CallSettings, Capability
 
@@ -18,14 +26,66 @@ CallId = Annotated[str, StringConstraints(pattern=CALL_ID_PATTERN)]
 TypeName = Annotated[str, StringConstraints(pattern=TYPE_NAME_PATTERN)]
 
 
-def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("timestamps need a time zone (use Z for UTC)")
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+MAX_JSON_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+
+
+def _rfc3339(value: object) -> object:
+    if not isinstance(value, str | datetime):
+        raise ValueError("timestamps are RFC 3339 strings")
     return value
 
 
-AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
-Custom = Annotated[dict[str, Any], Field(max_length=64)]
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps need a time zone (use Z for UTC)")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the timestamp is out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("timestamps must lie between 1970 and 9999")
+    return value
+
+
+def _text(value: str) -> str:
+    """Text the databases can store: no NUL, no lone surrogates."""
+    if "\x00" in value:
+        raise ValueError("text may not contain NUL characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode") from None
+    return value
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    """JSON the databases can store and the API can send back: finite numbers, valid Unicode,
+    at most ``MAX_JSON_DEPTH`` levels and ``MAX_JSON_BYTES`` bytes."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    try:
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False).encode()
+    except ValueError:  # NaN or Infinity; lone surrogates (UnicodeEncodeError)
+        raise ValueError("must be JSON with finite numbers and valid Unicode") from None
+    if len(encoded) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+    return value
+
+
+AwareDatetime = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_aware)]
+Text = Annotated[str, AfterValidator(_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+Custom = Annotated[dict[str, Any], Field(max_length=64), AfterValidator(_json_object)]
 
 
 class Body(BaseModel):
@@ -36,8 +96,8 @@ class Body(BaseModel):
 
 
 class UserIn(Body):
-    name: str = Field("", max_length=256)
-    image: str = Field("", max_length=2048)
+    name: Text = Field("", max_length=256)
+    image: Text = Field("", max_length=2048)
     role: Literal["user", "admin"] = "user"
     custom: Custom = {}
 
@@ -95,13 +155,13 @@ class MemberOut(BaseModel):
 class CallCreate(Body):
     members: Annotated[list[MemberIn], Field(max_length=1000)] = []
     starts_at: AwareDatetime | None = None
-    settings_override: dict[str, Any] = {}
+    settings_override: JsonObject = {}
     custom: Custom = {}
 
 
 class CallUpdate(Body):
     starts_at: AwareDatetime | None = None
-    settings_override: dict[str, Any] | None = None
+    settings_override: JsonObject | None = None
     custom: Custom | None = None
 
 
@@ -119,7 +179,7 @@ class JoinIn(Body):
     create: bool = False
     members: Annotated[list[MemberIn], Field(max_length=1000)] = []
     starts_at: AwareDatetime | None = None
-    settings_override: dict[str, Any] = {}
+    settings_override: JsonObject = {}
 
 
 class ParticipantOut(BaseModel):
