@@ -159,6 +159,9 @@ def test_call_cids_scope_a_token() -> None:
     scoped = ring.principal(ring.user_token("alice", call_cids=["livestream:a"]))
     assert scoped.call_cids == frozenset({"livestream:a"})
     assert scoped.may_access("livestream:a") and not scoped.may_access("livestream:b")
+    longest = ["t" * 64 + ":" + "i" * 64, "default:a_b-C9"]
+    assert ring.principal(ring.user_token("a@b.c_d-1", call_cids=longest)).call_cids == set(longest)
+    assert ring.principal(ring.user_token("u" * 128)).user_id == "u" * 128
     nowhere = ring.principal(ring.user_token("alice", call_cids=[]))
     assert not nowhere.may_access("livestream:a")
     assert ring.principal(ring.user_token("alice")).may_access("anything:at-all")
@@ -171,6 +174,14 @@ def test_call_cids_scope_a_token() -> None:
         {"sub": ""},
         {"sub": 42},
         {"sub": ["alice"]},
+        {"sub": "u" * 129},
+        {"sub": "has space"},
+        {"sub": "nul\x00"},
+        {"sub": "alice\n"},
+        {"sub": "ünïcode"},
+        {"call_cids": ["livestream:a\x00"]},
+        {"call_cids": ["no-colon"]},
+        {"call_cids": ["livestream:" + "x" * 65]},
         {"call_cids": "livestream:a"},
         {"call_cids": [1, 2]},
         {"call_cids": {"livestream:a": True}},
