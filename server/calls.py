@@ -9,7 +9,7 @@ import base64
 import binascii
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +32,7 @@ from server.schemas import (
     MemberIn,
     MembersChange,
 )
-from stagecast.nodes import NodeInfo, choose_node, live_nodes
+from stagecast.nodes import NodeInfo, choose_node
 from stagecast.protocol import CALL_STATE_TTL_SECONDS, CONTROL, call_state_key
 from stagecast.tokens import CALL_CID, Principal, SfuGrant
 
@@ -47,8 +47,15 @@ class CallContext:
     call_type: CallType
     settings: CallSettings
     members: list[CallMember]
+    users: dict[str, User]  # the creator and the members, as far as they exist
     role: str
     capabilities: frozenset[str]
+
+    def refreshed(self) -> CallContext:
+        """The same caller's view after the call itself changed (not its members)."""
+        return replace(
+            self, settings=effective_settings(self.call_type.settings, self.call.settings_override)
+        )
 
     def require(self, capability: str) -> None:
         if capability not in self.capabilities:
@@ -163,20 +170,49 @@ async def load_call(
 ) -> CallContext:
     cid = make_cid(call_type, call_id)
     check_scope(principal, cid)
-    query = select(Call, CallType).join(CallType, Call.type == CallType.name).where(Call.cid == cid)
+    query = (
+        select(Call, CallType, User)
+        .join(CallType, Call.type == CallType.name)
+        .outerjoin(User, User.id == Call.created_by)
+        .where(Call.cid == cid)
+    )
     if lock and _dialect(db) == "postgresql":
         query = query.with_for_update(of=Call)
     row = (await db.execute(query)).first()
     if row is None:
         await get_call_type(db, call_type)  # an unknown type is reported as such
         raise not_found(f"There is no call '{cid}'.")
-    call, type_row = row
-    members = list(await db.scalars(select(CallMember).where(CallMember.cid == cid)))
-    return _context(principal, call, type_row, members)
+    call, type_row, creator = row
+    members, users = await _members_with_users(db, [cid])
+    if creator is not None:
+        users[creator.id] = creator
+    return _context(principal, call, type_row, members[cid], users)
+
+
+async def _members_with_users(
+    db: AsyncSession, cids: list[str]
+) -> tuple[dict[str, list[CallMember]], dict[str, User]]:
+    """The members of these calls, by cid, and their users (one query)."""
+    members: dict[str, list[CallMember]] = {cid: [] for cid in cids}
+    users: dict[str, User] = {}
+    rows = await db.execute(
+        select(CallMember, User)
+        .outerjoin(User, User.id == CallMember.user_id)
+        .where(CallMember.cid.in_(cids))
+    )
+    for member, user in rows:
+        members[member.cid].append(member)
+        if user is not None:
+            users[user.id] = user
+    return members, users
 
 
 def _context(
-    principal: Principal, call: Call, call_type: CallType, members: list[CallMember]
+    principal: Principal,
+    call: Call,
+    call_type: CallType,
+    members: list[CallMember],
+    users: dict[str, User],
 ) -> CallContext:
     role = role_in_call(principal, members)
     return CallContext(
@@ -184,6 +220,7 @@ def _context(
         call_type=call_type,
         settings=effective_settings(call_type.settings, call.settings_override),
         members=members,
+        users=users,
         role=role,
         capabilities=capabilities_of(call_type, role, principal),
     )
@@ -273,9 +310,7 @@ async def call_response(
 ) -> dict[str, Any]:
     """``{call, members, own_capabilities}`` for the caller."""
     call = context.call
-    users = await users_by_id(
-        db, {call.created_by} | {member.user_id for member in context.members}
-    )
+    users = context.users
     base_url = coordinator.settings.base_url
     host = urlsplit(base_url).hostname or "127.0.0.1"
     path = f"/v1/calls/{call.type}/{call.id}"
@@ -444,7 +479,7 @@ async def update_call(
         call.custom = body.custom
     call.updated_at = coordinator.clock()
     await db.flush()
-    context = _context(principal, call, context.call_type, context.members)
+    context = context.refreshed()
     _announce(coordinator, db, context, "call.updated")
     return context
 
@@ -545,7 +580,7 @@ async def go_live(
     call.live_started_at = now
     call.updated_at = now
     await db.flush()
-    context = _context(principal, call, context.call_type, context.members)
+    context = context.refreshed()
     _announce(coordinator, db, context, "call.live_started", "live_started")
     return context
 
@@ -567,7 +602,7 @@ async def stop_live(
     call.live = False
     call.updated_at = coordinator.clock()
     await db.flush()
-    context = _context(principal, call, context.call_type, context.members)
+    context = context.refreshed()
     _announce(coordinator, db, context, "call.live_stopped", "live_stopped")
     return context
 
@@ -595,7 +630,7 @@ async def end_call(
         .values(left_at=now)
     )
     await db.flush()
-    context = _context(principal, call, context.call_type, context.members)
+    context = context.refreshed()
     _announce(coordinator, db, context, "call.ended", "ended", ended_session=session_id)
     return context
 
@@ -672,7 +707,7 @@ async def admit_participant(
                 {"reason": "max_participants", "max_participants": limit},
             )
 
-    node = choose_node(await live_nodes(coordinator.bus), call.cid)
+    node = choose_node(await coordinator.sfu_nodes(), call.cid)
     if node is None:
         raise ApiError(
             503,
@@ -787,11 +822,10 @@ async def query_calls(
         if not rows:
             break
         cids = [call.cid for call, _ in rows]
-        members: dict[str, list[CallMember]] = {cid: [] for cid in cids}
-        for member in await db.scalars(select(CallMember).where(CallMember.cid.in_(cids))):
-            members[member.cid].append(member)
+        members, users = await _members_with_users(db, cids)
+        users.update(await users_by_id(db, {call.created_by for call, _ in rows} - set(users)))
         for call, type_row in rows:
-            context = _context(principal, call, type_row, members[call.cid])
+            context = _context(principal, call, type_row, members[call.cid], users)
             if "read-call" in context.capabilities:
                 contexts.append(context)
             if len(contexts) == limit:

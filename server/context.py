@@ -4,6 +4,7 @@ that hand it out."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,8 +17,11 @@ from server.clock import Clock
 from server.errors import ApiError
 from server.events import EventHub
 from stagecast.bus import Bus
+from stagecast.nodes import NodeInfo, live_nodes
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, Principal, TokenError
+
+NODE_LIST_MAX_AGE_SECONDS = 1.0
 
 
 @dataclass
@@ -31,6 +35,19 @@ class Coordinator:
     hub: EventHub
     known_users: set[str] = field(default_factory=set)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    _nodes_read: tuple[float, list[NodeInfo]] = (float("-inf"), [])
+
+    async def sfu_nodes(self) -> list[NodeInfo]:
+        """The live SFU nodes, read from the registry at most once per
+        :data:`NODE_LIST_MAX_AGE_SECONDS`: nodes heartbeat every few seconds, so every join
+        reading it again would only cost time."""
+        read_at, found = self._nodes_read
+        now = time.monotonic()
+        if now - read_at > NODE_LIST_MAX_AGE_SECONDS:
+            found = await live_nodes(self.bus)
+            self._nodes_read = (now, found)
+        return found
 
     def workers_alive(self) -> bool:
         return all(not task.done() for task in self.tasks)
