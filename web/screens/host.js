@@ -212,6 +212,25 @@ export function hostScreen(ctx) {
   }
 
   async function start() {
+    // Only hosts get here with rights to publish: tell anyone else before asking for a camera.
+    try {
+      const answer = await ctx.api.getCall(type, id);
+      state.capabilities = answer.own_capabilities || [];
+      updateCall(answer.call);
+    } catch (error) {
+      status.textContent = '';
+      errors.show(error, 'Could not open the livestream');
+      return;
+    }
+    if (state.call.ended_at) return;
+    if (!state.capabilities.includes('send-video') && !state.capabilities.includes('send-audio')) {
+      setView('not-host');
+      stage.hidden = true;
+      title.textContent = 'Livestream';
+      errors.show(`You are not a host of this livestream (you may not publish to ${cid}).`);
+      status.replaceChildren(h('a', { href: `#/watch/${type}/${id}`, class: 'button-link' }, 'Watch this livestream instead'));
+      return;
+    }
     try {
       state.stream = await cameraAndMicrophone();
     } catch (error) {
@@ -222,21 +241,25 @@ export function hostScreen(ctx) {
     }
     if (state.destroyed) return stopStream(state.stream);
     video.srcObject = state.stream;
-    status.textContent = 'Joining the livestream…';
     startEvents();
+    await joinMedia();
+    state.ticker = setInterval(render, 15000);
+  }
+
+  async function joinMedia() {
+    status.hidden = false;
+    status.textContent = 'Joining the livestream…';
     try {
       await connectMedia();
       status.textContent = '';
       status.hidden = true;
     } catch (error) {
+      if (state.sfu) state.sfu.close();
+      state.sfu = null;
       status.textContent = '';
       errors.show(error, 'Could not join the livestream');
-      if (error.code === 'forbidden' || (state.call && !state.capabilities.includes('go-live'))) {
-        status.hidden = false;
-        status.replaceChildren(h('a', { href: `#/watch/${type}/${id}` }, 'Watch this livestream instead'));
-      }
+      status.replaceChildren(button('Try again', () => { errors.clear(); joinMedia(); }));
     }
-    state.ticker = setInterval(render, 15000);
   }
 
   async function goLive(event) {

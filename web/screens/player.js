@@ -37,6 +37,7 @@ export function playerScreen(ctx) {
   const viewers = h('span', { class: 'viewers', 'aria-live': 'polite' });
   const unmuteBtn = button('Unmute', unmute, { class: 'secondary small unmute', 'aria-label': 'Unmute the livestream', hidden: true });
   const backBtn = button('← Back', () => ctx.navigate('#/'), { class: 'secondary small', 'aria-label': 'Back to home' });
+  const info = h('p', { class: 'player-info muted' });
   const title = h('h1', { tabindex: -1, class: 'player-title' }, 'Livestream ', h('span', { class: 'mono' }, id));
 
   const el = h(
@@ -46,6 +47,7 @@ export function playerScreen(ctx) {
     errors,
     notice,
     h('div', { class: 'video-wrap' }, video, overlay, h('div', { class: 'video-overlay' }, stageBadge, viewers), unmuteBtn),
+    info,
   );
 
   function setOverlay(...children) {
@@ -67,7 +69,9 @@ export function playerScreen(ctx) {
     if (state.error) return;
     const session = (state.call && state.call.session) || {};
     let view = 'connecting';
-    if (state.live) {
+    if (state.reconnecting) {
+      view = 'reconnecting';
+    } else if (state.live) {
       const track = hostVideo();
       view = track && !track.muted ? 'live' : 'away';
     } else if (state.call && state.sfu) {
@@ -78,6 +82,13 @@ export function playerScreen(ctx) {
     stageBadge.replaceChildren(state.live ? badge('● LIVE', 'live') : badge('BACKSTAGE', 'backstage'));
     const count = state.live ? viewerCount(session) : session.waiting_count || 0;
     viewers.textContent = state.live ? `Viewers: ${count}` : `${count} waiting`;
+    const host = state.call && state.call.created_by;
+    const hostName = !host ? '' : typeof host === 'string' ? host : host.name || host.id;
+    info.textContent = [
+      hostName ? `Hosted by ${hostName}` : '',
+      state.live && state.call.live_started_at ? `live since ${clockTime(state.call.live_started_at)}` : '',
+      'WebRTC, sub-second latency',
+    ].filter(Boolean).join(' · ');
     if (view === 'waiting') {
       const starts = state.call && state.call.starts_at;
       setOverlay(
@@ -91,8 +102,8 @@ export function playerScreen(ctx) {
         h('p', { class: 'big' }, track ? 'The host turned their camera off' : 'The host is away'),
         h('p', { class: 'muted small' }, 'The livestream is live; the picture comes back when the host does.'),
       );
-    } else if (view === 'connecting') {
-      setOverlay(h('span', { class: 'spinner big-spinner', 'aria-hidden': 'true' }), h('p', {}, 'Connecting…'));
+    } else if (view === 'connecting' || view === 'reconnecting') {
+      setOverlay(h('span', { class: 'spinner big-spinner', 'aria-hidden': 'true' }), h('p', {}, view === 'connecting' ? 'Connecting…' : 'Reconnecting…'));
     } else {
       setOverlay();
     }
@@ -260,6 +271,7 @@ export function playerScreen(ctx) {
     const old = state.sfu;
     state.sfu = null;
     if (old) old.close();
+    render();
     for (let attempt = 0; !state.destroyed; attempt++) {
       showNotice(`${reason}. Reconnecting${attempt ? ` (attempt ${attempt + 1})` : ''}…`);
       debug.reconnects = (debug.reconnects || 0) + 1;
@@ -283,6 +295,7 @@ export function playerScreen(ctx) {
       }
     }
     state.reconnecting = false;
+    render();
   }
 
   async function start() {
@@ -298,7 +311,9 @@ export function playerScreen(ctx) {
       if (error.code === 'call_in_backstage' && error.details && error.details.starts_at) {
         // Try again when the join-ahead window opens.
         const opens = new Date(error.details.starts_at).getTime() - 1000 * (error.details.join_ahead_time_seconds || 0);
-        state.retryTimer = setTimeout(() => { errors.clear(); start(); }, Math.max(1000, opens - Date.now() + 500));
+        const wait = opens - Date.now() + 500;
+        // (setTimeout overflows past 24.8 days; a viewer coming back that much later reloads)
+        if (wait < 2 ** 31 - 1) state.retryTimer = setTimeout(() => { errors.clear(); start(); }, Math.max(1000, wait));
       }
       if (['network_error', 'capacity_exhausted', 'connection_failed', 'timeout', 'internal_error'].includes(error.code)) {
         state.retryTimer = setTimeout(() => { errors.clear(); start(); }, 3000);
