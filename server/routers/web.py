@@ -34,7 +34,7 @@ def _file(path: Path) -> Response:
 
 
 @router.get("/")
-async def index() -> Response:
+def index() -> Response:
     """The single-page app (hash routes: ``#/``, ``#/call/livestream/abc``, ``#/watch/…``)."""
     page = WEB_DIR / "index.html"
     if not page.is_file():
@@ -43,7 +43,7 @@ async def index() -> Response:
 
 
 @router.get("/app/{path:path}")
-async def asset(path: str) -> Response:
+def asset(path: str) -> Response:
     """A module, stylesheet or image of the web app."""
     base = WEB_DIR.resolve()
     target = (base / path).resolve()
@@ -58,7 +58,7 @@ async def asset(path: str) -> Response:
 
 
 @router.get("/vendor/hls.js")
-async def hls_js() -> Response:
+def hls_js() -> Response:
     """hls.js from ``node_modules`` (installed by ``scripts/setup``)."""
     if not HLS_JS.is_file():
         raise not_found("hls.js is not installed: run scripts/setup (npm install).")

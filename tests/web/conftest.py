@@ -53,9 +53,7 @@ class WebServer:
 
     def auth(self, user_id: str = "server") -> dict[str, str]:
         token = (
-            self.keyring.server_token()
-            if user_id == "server"
-            else self.keyring.user_token(user_id)
+            self.keyring.server_token() if user_id == "server" else self.keyring.user_token(user_id)
         )
         return {"authorization": f"Bearer {token}"}
 
@@ -130,8 +128,12 @@ class Browser:
 
 
 @pytest.fixture
-async def chromium(web: WebServer) -> AsyncIterator[Browser]:
+def chromium_present() -> None:
     require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+
+
+@pytest.fixture
+async def chromium(chromium_present: None, web: WebServer) -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     SCREENS.mkdir(parents=True, exist_ok=True)

@@ -232,8 +232,11 @@ async def test_pages_and_assets_leave_the_api_alone(
     assert api.json()["error"]["code"] == "unauthenticated"
     assert (await web.http.get("/healthz")).json() == {"status": "ok"}
     schema = (await web.http.get("/openapi.json")).json()
-    assert not [p for p in schema["paths"] if not p.startswith("/v1") and p != "/healthz"
-                and p not in ("/readyz", "/metrics")]
+    assert not [
+        p
+        for p in schema["paths"]
+        if not p.startswith("/v1") and p != "/healthz" and p not in ("/readyz", "/metrics")
+    ]
 
     if web_router.HLS_JS.is_file():
         hls = await web.http.get("/vendor/hls.js")
