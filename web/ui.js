@@ -36,8 +36,12 @@ export async function busy(btn, busyLabel, work) {
   }
 }
 
+// HH:MM (local time), with the date when it is not today.
 export function clockTime(iso) {
-  return new Date(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+  const date = new Date(iso);
+  const time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', hour12: false });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  return `${date.toLocaleDateString([], { day: 'numeric', month: 'short', year: 'numeric' })}, ${time}`;
 }
 
 // "Livestream starting at HH:MM" (local time), or "starting soon" once that time has passed.
@@ -68,19 +72,27 @@ const WORDS = {
   NotReadableError: 'The camera or microphone is in use by another application.',
 };
 
+const SELF_EXPLAINED = new Set(['call_in_backstage', 'call_ended', 'not_found', 'token_expired', 'network_error', 'NotAllowedError', 'NotFoundError']);
+
 // A sentence for any error: the API's code in words, the server's message, the code itself.
 export function describeError(error, action = '') {
   const code = error.code || error.name || 'error';
   const words = WORDS[code];
   let extra = '';
   if (code === 'call_in_backstage' && error.details && error.details.starts_at) {
-    const opens = new Date(new Date(error.details.starts_at).getTime() - 1000 * (error.details.join_ahead_time_seconds || 0));
-    extra = ` It starts at ${clockTime(error.details.starts_at)}; you can join from ${clockTime(opens.toISOString())}.`;
+    const ahead = error.details.join_ahead_time_seconds || 0;
+    const opens = new Date(new Date(error.details.starts_at).getTime() - 1000 * ahead);
+    extra = ` It starts at ${clockTime(error.details.starts_at)}`;
+    extra += ahead ? `; you can join from ${clockTime(opens.toISOString())}.` : '.';
+  }
+  if (code === 'capacity_exhausted' && error.details && error.details.reason) {
+    extra = ` (${error.details.reason})`;
   }
   if (code === 'forbidden' && error.details && error.details.missing_capability) {
     extra = ` (missing permission: ${error.details.missing_capability})`;
   }
-  const message = error.message && error.message !== words ? ` ${error.message}` : '';
+  // The server's own message, unless the words above already say all it says.
+  const message = error.message && words && !SELF_EXPLAINED.has(code) ? ` ${error.message}` : !words && error.message ? ` ${error.message}` : '';
   const lead = action ? `${action}: ` : '';
   return `${lead}${words || 'Something went wrong.'}${extra}${message} [${code}]`;
 }

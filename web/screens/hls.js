@@ -22,7 +22,7 @@ function loadHlsJs() {
 export function hlsScreen(ctx) {
   const { type, id } = ctx.params;
   const errors = errorBox();
-  const video = h('video', { controls: true, playsInline: true, muted: true, class: 'video', 'aria-label': 'The livestream (HLS)' });
+  const video = h('video', { playsInline: true, muted: true, class: 'video', 'aria-label': 'The livestream (HLS)' });
   const message = h('div', { class: 'player-overlay', 'aria-live': 'polite' }, h('p', {}, 'Loading…'));
   let hls = null;
 
@@ -67,6 +67,7 @@ export function hlsScreen(ctx) {
         hls.loadSource(url);
         hls.attachMedia(video);
       }
+      video.controls = true;
       say('', 'playing');
       await video.play().catch(() => {});
     } catch (error) {

@@ -50,7 +50,8 @@ export function playerScreen(ctx) {
     info,
   );
 
-  function setOverlay(...children) {
+  function setOverlay(...items) {
+    const children = items.filter(Boolean);
     overlay.replaceChildren(...children);
     overlay.hidden = children.length === 0;
   }
@@ -79,9 +80,11 @@ export function playerScreen(ctx) {
     }
     el.dataset.view = view;
     debug.view = view;
-    stageBadge.replaceChildren(state.live ? badge('● LIVE', 'live') : badge('BACKSTAGE', 'backstage'));
+    const known = Boolean(state.call);
+    stageBadge.replaceChildren(!known ? '' : state.live ? badge('● LIVE', 'live') : badge('BACKSTAGE', 'backstage'));
     const count = state.live ? viewerCount(session) : session.waiting_count || 0;
-    viewers.textContent = state.live ? `Viewers: ${count}` : `${count} waiting`;
+    viewers.textContent = !known ? '' : state.live ? `Viewers: ${count}` : `${count} waiting`;
+    viewers.hidden = !known;
     const host = state.call && state.call.created_by;
     const hostName = !host ? '' : typeof host === 'string' ? host : host.name || host.id;
     info.textContent = [
@@ -89,6 +92,8 @@ export function playerScreen(ctx) {
       state.live && state.call.live_started_at ? `live since ${clockTime(state.call.live_started_at)}` : '',
       'WebRTC, sub-second latency',
     ].filter(Boolean).join(' · ');
+    const hls = state.call && state.call.egress && state.call.egress.hls;
+    if (hls && hls.status === 'running') info.append(' · ', h('a', { href: `#/hls/${type}/${id}` }, 'Watch with HLS'));
     if (view === 'waiting') {
       const starts = state.call && state.call.starts_at;
       setOverlay(
@@ -114,7 +119,16 @@ export function playerScreen(ctx) {
     el.dataset.view = 'error';
     debug.view = 'error';
     errors.show(error, action);
-    setOverlay(h('p', { class: 'big' }, 'Cannot play this livestream'), button('Try again', () => { errors.clear(); start(); }));
+    stageBadge.replaceChildren();
+    viewers.textContent = '';
+    viewers.hidden = true;
+    info.textContent = '';
+    const early = error.code === 'call_in_backstage';
+    setOverlay(
+      h('p', { class: 'big' }, early ? 'This livestream has not started yet' : 'Cannot play this livestream'),
+      early && error.details && error.details.starts_at ? h('p', {}, `Starting at ${clockTime(error.details.starts_at)}`) : null,
+      button('Try again', () => { errors.clear(); start(); }),
+    );
   }
 
   function showNotice(text) {
