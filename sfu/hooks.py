@@ -99,6 +99,13 @@ def ignore_incoming_rtp(dtls_transport: Any) -> None:
     dtls_transport._handle_rtp_data = _drop_rtp
 
 
+def drop_receive_estimator(receiver: Any) -> None:
+    """Free the remote bitrate estimator of a receiver that never gets RTP (a viewer's
+    sendonly transceiver): aiortc builds one per video receiver with 1,000 rate-bucket
+    objects, memory and garbage-collector work for nothing on every viewer."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+
+
 def sender_ssrcs(sender: Any) -> tuple[int, int]:
     return int(sender._ssrc), int(sender._rtx_ssrc)
 

@@ -417,6 +417,7 @@ class Participant:
 
     def _add_subscriber_transceiver(self, pc: RTCPeerConnection, kind: Kind) -> None:
         transceiver = pc.addTransceiver(kind, direction="sendonly")
+        hooks.drop_receive_estimator(transceiver.receiver)
         transceiver.sender.replaceTrack(hooks.IdleTrack(kind))
         transceiver.setCodecPreferences(self.room._codec_capabilities(kind))
         self._subscriber_transceivers[kind] = transceiver
