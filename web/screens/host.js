@@ -64,6 +64,7 @@ export function hostScreen(ctx) {
     { class: 'panel', hidden: true },
     viewersLine,
     callIdLine,
+    copyField('Viewer link', viewerLink, 'live-viewer-link'),
     h('div', { class: 'actions' }, stopLiveBtn, endBtn, button('Leave', leave, { class: 'secondary' })),
     confirmEnd,
   );
