@@ -145,6 +145,24 @@ async def test_host_and_viewers_run_a_livestream(web: WebServer, chromium: Brows
     await frames_rising(late)
     await eventually(lambda: late.locator(".notice").is_hidden(), "the notice cleared")
 
+    # The host's connection drops: it rejoins and publishes again; viewers keep their
+    # receiving connection and get the new publication without renegotiating.
+    old_publisher = await host.evaluate_handle("window.stagecast.host.publisherPc")
+    viewer_pc = await viewer.evaluate_handle("window.stagecast.viewerPc")
+    await host.evaluate("window.stagecast.host.state.sfu.ws.close(4000, 'test drop')")
+    await wait_text(host, "Reconnecting")
+    await eventually(
+        lambda: host.evaluate(
+            "(old) => { const pc = window.stagecast.host.publisherPc;"
+            " return pc !== old && pc.connectionState === 'connected'; }",
+            old_publisher,
+        ),
+        "the host publishing again",
+    )
+    await eventually(lambda: host.locator(".notice").is_hidden(), "the host's notice cleared")
+    await frames_rising(viewer)
+    assert await viewer.evaluate("(pc) => window.stagecast.viewerPc === pc", viewer_pc)
+
     # Camera off: viewers see the host away; back on, the picture returns.
     await host.get_by_role("button", name="Turn camera off").click()
     await wait_view(viewer, "away")
@@ -192,6 +210,11 @@ async def test_errors_are_shown_in_words(web: WebServer, chromium: Browser) -> N
     # dave is no host of alice's livestream: the host screen says so.
     await page.goto("/#/host/livestream/later")
     await wait_text(page, "Watch this livestream instead")
+
+    # hls.js, served from node_modules, loads in the browser.
+    if web_router.HLS_JS.is_file():
+        await page.add_script_tag(url="/vendor/hls.js")
+        assert await page.evaluate("window.Hls.isSupported()")
 
     await page.goto("/#/hls/livestream/later")
     await wait_text(page, "HLS is not running for this call")
