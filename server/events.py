@@ -23,6 +23,9 @@ log = logging.getLogger("stagecast.events")
 
 WEBHOOK_LEASE_SECONDS = 30.0
 WEBHOOK_TIMEOUT_SECONDS = 10.0
+# Retries wait this long, then twice as long each time, up to the maximum.
+WEBHOOK_BACKOFF_START_SECONDS = 0.5
+WEBHOOK_BACKOFF_MAX_SECONDS = 30.0
 COUNT_UPDATE_INTERVAL_SECONDS = 1.0
 
 
@@ -146,7 +149,7 @@ class EventHub:
             "x-stagecast-signature": sign(self._webhook_secret, body),
             "x-stagecast-event": str(event.get("type", "")),
         }
-        delay = 0.5
+        delay = WEBHOOK_BACKOFF_START_SECONDS
         for attempt in range(1, self._webhook_max_attempts + 1):
             try:
                 response = await client.post(url, content=body, headers=headers)
@@ -164,9 +167,12 @@ class EventHub:
             )
             if attempt == self._webhook_max_attempts:
                 break
+            # The lease must cover the wait as well as the next attempt, or another
+            # coordinator takes the job meanwhile and the event is delivered twice.
+            if not await self._bus.renew(job, WEBHOOK_LEASE_SECONDS + delay):
+                return  # another coordinator has the job now
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            await self._bus.renew(job, WEBHOOK_LEASE_SECONDS)
+            delay = min(delay * 2, WEBHOOK_BACKOFF_MAX_SECONDS)
         WEBHOOK_DELIVERIES.labels("failed").inc()
         log.error("webhook dropped after retries", extra={"url": url, "type": event.get("type")})
         await self._bus.complete(job)
