@@ -124,9 +124,14 @@ def create_app(
                 log.info("coordinator ready", extra={"url": settings.base_url})
                 yield
         finally:
-            for task in coordinator.tasks:
-                task.cancel()
-            await asyncio.gather(*coordinator.tasks, return_exceptions=True)
+            # Cancel until every worker has stopped: a cancellation that lands as a Redis
+            # reply completes can be swallowed (asyncio.wait_for on Python 3.11), and one
+            # cancel() would then leave shutdown waiting forever.
+            while pending := [task for task in coordinator.tasks if not task.done()]:
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+            await asyncio.gather(*coordinator.tasks, return_exceptions=True)  # all done
             if bus is None:
                 await the_bus.close()
             await engine.dispose()
