@@ -163,6 +163,21 @@ async def test_host_and_viewers_run_a_livestream(web: WebServer, chromium: Brows
     await frames_rising(viewer)
     assert await viewer.evaluate("(pc) => window.stagecast.viewerPc === pc", viewer_pc)
 
+    # goaway (the node drains): the host and a viewer join again before dropping the old
+    # connection; the picture goes on.
+    goaway = "{type: 'goaway', reason: 'draining', message: 'test', deadline_seconds: 30}"
+    late_pc = await late.evaluate_handle("window.stagecast.viewerPc")
+    await host.evaluate(f"window.stagecast.host.state.sfu.onMessage({goaway})")
+    await late.evaluate(f"window.stagecast.player.state.sfu.onMessage({goaway})")
+    await eventually(
+        lambda: late.evaluate("(old) => window.stagecast.viewerPc !== old", late_pc),
+        "the late viewer on a new connection",
+    )
+    await frames_rising(late)
+    await frames_rising(viewer)
+    assert await late.locator(".notice").is_hidden()
+    await wait_view(late, "live")
+
     # Camera off: viewers see the host away; back on, the picture returns.
     await host.get_by_role("button", name="Turn camera off").click()
     await wait_view(viewer, "away")

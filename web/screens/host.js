@@ -162,7 +162,7 @@ export function hostScreen(ctx) {
     const sfu = new SfuSession(answer.credentials, {
       onMessage: (message) => {
         if (message.type === 'call_state') refresh();
-        if (message.type === 'goaway') reconnect('The media server is restarting');
+        if (message.type === 'goaway') switchNode();
       },
       onClose: (info) => {
         if (state.sfu !== sfu || state.destroyed) return;
@@ -184,6 +184,24 @@ export function hostScreen(ctx) {
   function showNotice(text) {
     notice.textContent = text;
     notice.hidden = !text;
+  }
+
+  // goaway: publish through another node first, then drop the draining one (viewers switch
+  // to the new publication when the old one ends).
+  async function switchNode() {
+    if (state.reconnecting || state.switching || state.destroyed) return;
+    state.switching = true;
+    const old = state.sfu;
+    try {
+      await connectMedia();
+      if (old && old !== state.sfu) await old.leave();
+    } catch {
+      if (old && old !== state.sfu) old.close();
+      state.switching = false;
+      reconnect('The media server is restarting');
+      return;
+    }
+    state.switching = false;
   }
 
   async function reconnect(reason) {

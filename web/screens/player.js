@@ -179,7 +179,7 @@ export function playerScreen(ctx) {
         break;
       }
       case 'goaway':
-        reconnect('The media server is restarting');
+        switchNode();
         return;
       case 'error':
         errors.show(message, 'Media server');
@@ -277,6 +277,25 @@ export function playerScreen(ctx) {
         console.info(`first frame ${Math.round(state.firstFrameAt - state.startedAt)} ms after opening the player`);
       }
     });
+  }
+
+  // goaway: the node is draining but still forwarding. Join again through the coordinator
+  // (another node) and drop the old connection only once the new one is set up.
+  async function switchNode() {
+    if (state.reconnecting || state.switching || state.destroyed) return;
+    state.switching = true;
+    debug.switches = (debug.switches || 0) + 1;
+    const old = state.sfu;
+    try {
+      await connect();
+      if (old && old !== state.sfu) old.close();
+    } catch {
+      if (old && old !== state.sfu) old.close();
+      state.switching = false;
+      reconnect('The media server is restarting');
+      return;
+    }
+    state.switching = false;
   }
 
   async function reconnect(reason) {
