@@ -85,6 +85,9 @@ async def test_host_and_viewers_run_a_livestream(web: WebServer, chromium: Brows
     )
     await host.wait_for_timeout(300)  # a preview frame on screen
     await screenshot(host, "03-backstage")
+    await host.set_viewport_size(PHONE)
+    await screenshot(host, "03-backstage-phone")
+    await host.set_viewport_size({"width": 1280, "height": 800})
 
     # A viewer joins ahead, inside the join-ahead window: waiting in backstage.
     viewer = await chromium.page()
