@@ -108,6 +108,7 @@ def create_app(
             hub=hub,
         )
         app.state.coordinator = coordinator
+        hub.listen(coordinator.forget)
         fanout_ready = asyncio.Event()
         workers: list[Callable[[], Awaitable[None]]] = [
             lambda: hub.run_fanout(fanout_ready),

@@ -68,6 +68,16 @@ class CallContext:
         return self.settings.backstage.enabled and not self.call.live
 
 
+@dataclass(frozen=True)
+class CallSnapshot:
+    """A call as loaded for one caller, kept briefly for the next joiners (read-only)."""
+
+    call: Call
+    call_type: CallType
+    members: list[CallMember]
+    users: dict[str, User]
+
+
 def make_cid(call_type: str, call_id: str) -> str:
     return f"{call_type}:{call_id}"
 
@@ -189,6 +199,30 @@ async def load_call(
     return _context(principal, call, type_row, members[cid], users)
 
 
+async def load_call_to_join(
+    coordinator: Coordinator, db: AsyncSession, principal: Principal, call_type: str, call_id: str
+) -> CallContext:
+    """:func:`load_call` for the join path, which a popular livestream's viewers all take:
+    served from the coordinator's cache, which every change to the call empties."""
+    cid = make_cid(call_type, call_id)
+    check_scope(principal, cid)
+    snapshot = coordinator.call_cache.get(cid)
+    if snapshot is None:
+        context = await load_call(db, principal, call_type, call_id)
+        snapshot = CallSnapshot(context.call, context.call_type, context.members, context.users)
+        # Detached, so that no session's rollback or commit expires what the cache holds.
+        for instance in (
+            snapshot.call,
+            snapshot.call_type,
+            *snapshot.members,
+            *snapshot.users.values(),
+        ):
+            db.expunge(instance)
+        coordinator.call_cache.put(cid, snapshot)
+        return context
+    return _context(principal, snapshot.call, snapshot.call_type, snapshot.members, snapshot.users)
+
+
 async def _members_with_users(
     db: AsyncSession, cids: list[str]
 ) -> tuple[dict[str, list[CallMember]], dict[str, User]]:
@@ -306,10 +340,16 @@ def _user_dict(user: User | None, user_id: str, fallback_time: datetime) -> dict
 
 
 async def call_response(
-    coordinator: Coordinator, db: AsyncSession, context: CallContext
+    coordinator: Coordinator, db: AsyncSession, context: CallContext, *, hot: bool = False
 ) -> dict[str, Any]:
-    """``{call, members, own_capabilities}`` for the caller."""
+    """``{call, members, own_capabilities}`` for the caller. ``hot`` (the join path) shares
+    the live session's counts among joiners for up to half a second."""
     call = context.call
+    session = coordinator.session_cache.get(call.cid) if hot else None
+    if session is None:
+        session = await session_state(db, call, context.backstage)
+        if hot:
+            coordinator.session_cache.put(call.cid, session)
     users = context.users
     base_url = coordinator.settings.base_url
     host = urlsplit(base_url).hostname or "127.0.0.1"
@@ -327,7 +367,7 @@ async def call_response(
             "live_started_at": call.live_started_at,
             "ended_at": call.ended_at,
             "settings": context.settings,
-            "session": await session_state(db, call, context.backstage),
+            "session": session,
             "egress": {
                 "hls": {"status": "stopped", "playlist_url": None},
                 "recording": {"status": "stopped"},
@@ -661,7 +701,7 @@ async def join_call(
             ),
         )
     else:
-        context = await load_call(db, principal, call_type, call_id)
+        context = await load_call_to_join(coordinator, db, principal, call_type, call_id)
     context.require("join-call")
     node, token = await admit_participant(coordinator, db, principal, context)
     credentials = {

@@ -8,20 +8,28 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from server.cache import TtlCache
 from server.clock import Clock
 from server.errors import ApiError
 from server.events import EventHub
-from stagecast.bus import Bus
+from stagecast.bus import Bus, Message
 from stagecast.nodes import NodeInfo, live_nodes
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, Principal, TokenError
 
+if TYPE_CHECKING:
+    from server.calls import CallSnapshot
+
 NODE_LIST_MAX_AGE_SECONDS = 1.0
+# How stale a join's view may be if an event is missed: the call (rules, members)...
+CALL_CACHE_SECONDS = 2.0
+# ...and the counts it shows (they change with every viewer, so joins share them briefly).
+SESSION_CACHE_SECONDS = 0.5
 
 
 @dataclass
@@ -37,6 +45,18 @@ class Coordinator:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     _nodes_read: tuple[float, list[NodeInfo]] = (float("-inf"), [])
+    # The hot join path's view of calls and their live sessions (see server.cache).
+    call_cache: TtlCache[CallSnapshot] = field(default_factory=lambda: TtlCache(CALL_CACHE_SECONDS))
+    session_cache: TtlCache[dict[str, Any] | None] = field(
+        default_factory=lambda: TtlCache(SESSION_CACHE_SECONDS)
+    )
+
+    def forget(self, event: Message) -> None:
+        """Drop what the caches hold about the call an event concerns."""
+        cid = event.get("cid")
+        if isinstance(cid, str):
+            self.call_cache.discard(cid)
+            self.session_cache.discard(cid)
 
     async def sfu_nodes(self) -> list[NodeInfo]:
         """The live SFU nodes, read from the registry at most once per

@@ -71,13 +71,24 @@ class EventHub:
         self._now_iso = now_iso
         self._watchers: set[Watcher] = set()
         self._count_last_sent: dict[str, float] = {}
+        self._listeners: list[Callable[[Message], None]] = []
         self._count_pending: dict[str, asyncio.Task[None]] = {}
 
     # Emitting
 
+    def listen(self, listener: Callable[[Message], None]) -> None:
+        """Call ``listener`` with every event: this process's own as it emits them, and
+        every coordinator's as they arrive on the bus (so some twice)."""
+        self._listeners.append(listener)
+
+    def _tell_listeners(self, event: Message) -> None:
+        for listener in self._listeners:
+            listener(event)
+
     async def emit(self, event_type: str, cid: str | None, **payload: Any) -> None:
         event: Message = {"type": event_type, "cid": cid, "created_at": self._now_iso()}
         event.update(payload)
+        self._tell_listeners(event)
         EVENTS_EMITTED.labels(event_type).inc()
         await self._bus.publish(EVENTS, event)
         for url in self._webhook_urls:
@@ -125,6 +136,7 @@ class EventHub:
         async with self._bus.subscribe(EVENTS) as subscription:
             ready.set()
             async for _, event in subscription:
+                self._tell_listeners(event)
                 cid = event.get("cid")
                 for watcher in list(self._watchers):
                     if watcher.wants(cid):

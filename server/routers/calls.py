@@ -165,7 +165,7 @@ async def join_call(
         coordinator, db, caller, type, id, body or JoinIn()
     )
     JOINS.inc()
-    answer = await calls.call_response(coordinator, db, context)
+    answer = await calls.call_response(coordinator, db, context, hot=True)
     return {**answer, "credentials": credentials, "created": created}
 
 
