@@ -15,7 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import JSON, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from server.call_types import CAPABILITIES, CallSettings, effective_settings, merge_settings
 from server.context import Coordinator, after_commit
 from server.errors import ApiError, forbidden, invalid_request, not_found, not_implemented
-from server.models import Call, CallMember, CallType, SessionParticipant, User
+from server.models import Call, CallMember, CallType, SessionParticipant, User, UtcDateTime
 from server.schemas import (
     CallCreate,
     CallUpdate,
@@ -89,19 +90,20 @@ def iso(value: datetime | None) -> str | None:
 # Users
 
 
+# Plain SQL that both databases speak: compiled once, where the ORM's INSERT ... ON CONFLICT
+# would be built again for every new viewer who joins.
+_CREATE_USER = sql_text(
+    "INSERT INTO users (id, name, image, role, custom, created_at, updated_at) "
+    "VALUES (:id, '', '', 'user', :custom, :now, :now) ON CONFLICT (id) DO NOTHING"
+).bindparams(bindparam("custom", type_=JSON), bindparam("now", type_=UtcDateTime()))
+
+
 async def ensure_user(coordinator: Coordinator, db: AsyncSession, user_id: str) -> None:
     """Users are created on first use of a valid token."""
-    if user_id in coordinator.known_users:
+    if coordinator.known_users.get(user_id):
         return
-    now = coordinator.clock()
-    await db.execute(
-        _insert(db, User)
-        .values(
-            id=user_id, name="", image="", role="user", custom={}, created_at=now, updated_at=now
-        )
-        .on_conflict_do_nothing(index_elements=["id"])
-    )
-    coordinator.known_users.add(user_id)
+    await db.execute(_CREATE_USER, {"id": user_id, "custom": {}, "now": coordinator.clock()})
+    coordinator.known_users.put(user_id, True)
 
 
 def _dialect(db: AsyncSession) -> str:

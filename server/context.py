@@ -41,7 +41,10 @@ class Coordinator:
     sessions: async_sessionmaker[AsyncSession]
     clock: Clock
     hub: EventHub
-    known_users: set[str] = field(default_factory=set)
+    # Users known to exist, so that only a user's first request creates its row.
+    known_users: TtlCache[bool] = field(
+        default_factory=lambda: TtlCache(3600.0, max_entries=100_000)
+    )
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     _nodes_read: tuple[float, list[NodeInfo]] = (float("-inf"), [])
