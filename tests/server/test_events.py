@@ -28,6 +28,9 @@ from tests.server.conftest import Stack, run_stack
 from tests.server.helpers import report, wait_for
 from tests.support import REDIS_URL, port_open, require
 
+# For what does not depend on the database, SQLite is enough.
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)$")
 
 
@@ -94,6 +97,7 @@ async def create_call(stack: Stack, cid: str, user: str = "hostess") -> None:
 # Connecting
 
 
+@sqlite_only
 async def test_token_in_header_or_query(stack: Stack) -> None:
     token = stack.token("viewer")
     ids = []
@@ -106,6 +110,7 @@ async def test_token_in_header_or_query(stack: Stack) -> None:
     assert ids[0] != ids[1]
 
 
+@sqlite_only
 async def test_bad_token_gets_an_error_then_close(stack: Stack) -> None:
     wrong_secret = KeyRing([ApiKey("test-key", "x" * 40)]).user_token("viewer")
     sfu_token = stack.keyring.sfu_token(
@@ -197,6 +202,7 @@ async def test_watch_receives_the_events_of_a_call(stack: Stack) -> None:
         assert (await expect("call.session_ended"))["session_id"] == session_id
 
 
+@sqlite_only
 async def test_server_token_watches_every_call(stack: Stack) -> None:
     async with events_socket(stack, stack.keyring.server_token()) as ws:
         assert (await watch(ws, "*"))["cids"] == []
@@ -257,6 +263,7 @@ async def test_watching_a_call_the_token_may_not_read(stack: Stack) -> None:
         assert (await receive(ws))["error"]["code"] == "not_found"
 
 
+@sqlite_only
 async def test_unwatch_stops_the_events(stack: Stack) -> None:
     await create_call(stack, "livestream:a")
     await create_call(stack, "livestream:b")
@@ -291,6 +298,7 @@ GARBAGE: list[str | bytes] = [
 ]
 
 
+@sqlite_only
 async def test_garbage_gets_an_error_and_the_connection_stays_up(stack: Stack) -> None:
     await create_call(stack, "livestream:g")
     async with events_socket(stack, stack.token("fan")) as ws:
@@ -305,6 +313,7 @@ async def test_garbage_gets_an_error_and_the_connection_stays_up(stack: Stack) -
         assert (await next_of(ws, "call.live_started"))["cid"] == "livestream:g"
 
 
+@sqlite_only
 async def test_health_check_arrives_on_an_idle_connection(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
