@@ -90,9 +90,6 @@ class RoomEntry:
         self.pending_opens = 0
         self.closed = False
 
-    def visible_sessions(self) -> list[Session]:
-        return [s for s in self.sessions.values() if not s.grant.hidden]
-
 
 class _NodeCollector(Collector):
     def __init__(self, node: SfuNode) -> None:
@@ -382,7 +379,7 @@ class SfuNode:
             "call": entry.state.to_dict(),
             "receiving": session.participant.receiving,
             "node_id": self.node_id,
-            "participants": [s.public_info() for s in entry.visible_sessions() if s is not session],
+            "participants": [s.public_info() for s in entry.sessions.values() if session.sees(s)],
             "tracks": [self._track_info(p) for p in entry.room.publications],
         }
 
@@ -519,11 +516,9 @@ class SfuNode:
         out = {**message, "participant_id": subject.id}
         if message["type"] in ("participant_joined", "participant_left"):
             out["participant"] = subject.public_info()
+        about_presence = message["type"] in ("participant_joined", "participant_left")
         for session in list(entry.sessions.values()):
-            if session is subject and message["type"] in (
-                "participant_joined",
-                "participant_left",
-            ):
+            if about_presence and not session.sees(subject):
                 continue
             session.send(out)
 

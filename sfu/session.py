@@ -110,6 +110,15 @@ class Session:
         if self.notify is not None and not self.ended:
             self.notify(message)
 
+    @property
+    def on_stage(self) -> bool:
+        """May publish. A livestream's viewers hear about those on stage only; those on stage
+        hear about everyone (telling every viewer of every other would cost O(N²))."""
+        return self.grant.can_send_audio or self.grant.can_send_video
+
+    def sees(self, other: Session) -> bool:
+        return other is not self and not other.grant.hidden and (self.on_stage or other.on_stage)
+
     def public_info(self) -> dict[str, Any]:
         """How other clients see this participant."""
         return {
