@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from server.context import CoordinatorDep
-from server.errors import error_response
+from server.errors import ErrorResponse, error_response
 
 router = APIRouter(tags=["service"])
 
@@ -20,7 +20,10 @@ async def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable"}})
+@router.get(
+    "/readyz",
+    responses={503: {"model": ErrorResponse, "description": "not_ready: details.checks names it"}},
+)
 async def readyz(coordinator: CoordinatorDep) -> Any:
     """The database, the bus and the background workers are reachable."""
     checks: dict[str, str] = {}
