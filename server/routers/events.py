@@ -7,7 +7,7 @@ import contextlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Response, WebSocket, WebSocketDisconnect
 
 from server import calls
 from server.context import (
@@ -17,7 +17,7 @@ from server.context import (
     principal_from_token,
     transaction,
 )
-from server.errors import ApiError
+from server.errors import ApiError, ErrorResponse, error_response
 from server.events import Watcher
 from server.metrics import EVENT_WEBSOCKETS
 from stagecast.tokens import Principal
@@ -56,6 +56,29 @@ async def _watch(
             continue
         watcher.cids.add(cid)
     return errors
+
+
+@router.get(
+    "/v1/events",
+    summary="The events WebSocket",
+    status_code=101,
+    response_class=Response,
+    responses={
+        101: {"description": "Switching Protocols: the events WebSocket (see the API contract)."},
+        426: {"model": ErrorResponse, "description": "Not a WebSocket upgrade request."},
+    },
+)
+async def events_socket_http() -> Response:
+    """The events WebSocket: connect with a WebSocket client, the token in
+    ``Authorization: Bearer`` or ``?token=``. The server sends ``connection.ok`` first and
+    ``health.check`` every 10 s; send ``{"type": "watch"|"unwatch", "cids": [...]}`` to follow
+    calls. Events look like ``{type, cid, created_at, ...}``; errors like
+    ``{"type": "error", "error": {code, message, details}}``. A plain HTTP request gets 426."""
+    response = error_response(
+        426, "invalid_request", "GET /v1/events is a WebSocket: connect with a WebSocket client."
+    )
+    response.headers["upgrade"] = "websocket"
+    return response
 
 
 @router.websocket("/v1/events")
