@@ -23,6 +23,7 @@ from server.metrics import API_ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from server.routers import call_types, calls, dev, events, media, service, users, web
 from server.sessions import run_report_consumer, run_sweeper
 from stagecast.bus import Bus, create_bus
+from stagecast.logs import redact_server_logs
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
 
@@ -166,6 +167,7 @@ def create_app(
         expose_headers=["Location", "Link", "ETag"],
     )
     app.add_middleware(AccessLog)
+    redact_server_logs()
     return app
 
 

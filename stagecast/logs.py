@@ -8,10 +8,33 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
+_TOKEN_VALUE = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs request lines with their query string (WebSocket handshakes on
+    ``uvicorn.error`` even with its access log off), and a ``?token=`` there is a credential."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg = _TOKEN_VALUE.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
+
+
+_REDACT_TOKENS = RedactTokens()
+
+
+def redact_server_logs() -> None:
+    """Redact tokens from uvicorn's request lines (idempotent)."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_REDACT_TOKENS)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -51,3 +74,4 @@ def configure_logging(log_format: str, level: str) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log prints query strings, which may hold tokens: ours replaces it.
     logging.getLogger("uvicorn.access").disabled = True
+    redact_server_logs()
