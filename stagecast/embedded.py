@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from server.app import create_app
 from server.clock import Clock, system_clock
 from server.context import Coordinator
-from sfu.ice import configure_host_candidates
+from sfu.ice import configure_host_candidates, configure_port_range
 from sfu.node import SfuNode, create_sfu_app
 from stagecast.bus import Bus, create_bus
 from stagecast.settings import Settings
@@ -27,7 +27,9 @@ def configure_media_addresses(settings: Settings) -> None:
 
     ``STAGECAST_SFU_ANNOUNCED_ADDRESS`` names the one address to offer; otherwise every
     interface address is offered, plus 127.0.0.1 so that clients on the same machine connect.
+    ``STAGECAST_SFU_UDP_PORT_MIN/MAX`` limit the UDP ports media uses.
     """
+    configure_port_range(settings.sfu_udp_port_min, settings.sfu_udp_port_max)
     if settings.sfu_announced_address:
         configure_host_candidates([settings.sfu_announced_address])
     else:
