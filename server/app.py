@@ -28,6 +28,8 @@ from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
 
 log = logging.getLogger("stagecast.coordinator")
+
+WEBHOOK_DELIVERY_TASKS = 4
 access_log = logging.getLogger("stagecast.access")
 
 # Started and stopped with the coordinator, after it is ready (e.g. the embedded SFU node).
@@ -113,7 +115,8 @@ def create_app(
         fanout_ready = asyncio.Event()
         workers: list[Callable[[], Awaitable[None]]] = [
             lambda: hub.run_fanout(fanout_ready),
-            hub.run_webhooks,
+            # Several deliveries at once: one slow receiver must not hold up the others.
+            *[hub.run_webhooks] * WEBHOOK_DELIVERY_TASKS,
             lambda: run_report_consumer(coordinator),
             lambda: run_sweeper(coordinator),
         ]

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from server.cache import TtlCache
 from server.metrics import EVENTS_EMITTED, WEBHOOK_DELIVERIES
 from stagecast.bus import Bus, Job, Message, encode
 from stagecast.protocol import EVENTS, WEBHOOKS
@@ -70,7 +71,9 @@ class EventHub:
         self._webhook_max_attempts = webhook_max_attempts
         self._now_iso = now_iso
         self._watchers: set[Watcher] = set()
-        self._count_last_sent: dict[str, float] = {}
+        # When each call's count last went out; entries older than the interval no longer
+        # matter, so they expire.
+        self._count_last_sent: TtlCache[float] = TtlCache(COUNT_UPDATE_INTERVAL_SECONDS)
         self._listeners: list[Callable[[Message], None]] = []
         self._count_pending: dict[str, asyncio.Task[None]] = {}
 
@@ -99,7 +102,7 @@ class EventHub:
         coalescing bursts; ``counts`` is read when the event goes out, so it is current."""
         if cid in self._count_pending:
             return
-        wait = self._count_last_sent.get(cid, 0.0) + COUNT_UPDATE_INTERVAL_SECONDS
+        wait = (self._count_last_sent.get(cid) or 0.0) + COUNT_UPDATE_INTERVAL_SECONDS
         delay = max(0.0, wait - time.monotonic())
         self._count_pending[cid] = asyncio.create_task(self._send_count(cid, counts, delay))
 
@@ -113,7 +116,7 @@ class EventHub:
             # From here on a change schedules the next update: the counts read below may
             # already miss it.
             self._count_pending.pop(cid, None)
-        self._count_last_sent[cid] = time.monotonic()
+        self._count_last_sent.put(cid, time.monotonic())
         try:
             await self.emit("call.participant_count_updated", cid, **(await counts()))
         except Exception:
