@@ -76,6 +76,22 @@ def _sfu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ingest.service import run_ingest
+    from stagecast.embedded import configure_media_addresses
+    from stagecast.tokens import KeyRing, load_api_keys
+
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    configure_media_addresses(settings)
+    keyring = KeyRing(load_api_keys(settings))
+    # Publishers join through the coordinator at STAGECAST_PUBLIC_URL (or --public-url).
+    asyncio.run(run_ingest(settings.base_url, keyring, args.rtmp_host, settings.rtmp_port))
+    return 0
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from server.db import upgrade
 
@@ -105,6 +121,22 @@ def _token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_loadtest(commands: Any) -> None:
+    """``stagecast loadtest`` (``stagecast/loadtest/``, ``docs/loadtest.md``)."""
+    from stagecast.loadtest.runner import add_arguments
+
+    def run(args: argparse.Namespace) -> int:
+        from stagecast.loadtest.runner import main as loadtest_main
+
+        return loadtest_main(args)
+
+    loadtest = commands.add_parser(
+        "loadtest", help="synthetic viewers (and a publisher) against a running Stagecast"
+    )
+    add_arguments(loadtest)
+    loadtest.set_defaults(run=run)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", dest="data_dir", help="where embedded state is kept")
     parser.add_argument("--database-url", dest="database_url")
@@ -130,6 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     coordinator.set_defaults(run=_coordinator)
     sfu.set_defaults(run=_sfu)
 
+    ingest = commands.add_parser(
+        "ingest", help="the RTMP ingest: publishers join calls through the coordinator"
+    )
+    _common(ingest)
+    ingest.add_argument("--rtmp-host", dest="rtmp_host", default="0.0.0.0")
+    ingest.add_argument(
+        "--rtmp-port", dest="rtmp_port", type=int, help="default STAGECAST_RTMP_PORT or 1935"
+    )
+    ingest.add_argument("--public-url", dest="public_url", help="the coordinator's URL")
+    ingest.set_defaults(run=_ingest)
+
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_upgrade = db_commands.add_parser("upgrade", help="apply every migration")
@@ -148,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--role", choices=["user", "admin"])
     create.set_defaults(run=_token_create)
+    _add_loadtest(commands)
     return parser
 
 

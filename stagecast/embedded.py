@@ -5,6 +5,7 @@ This is what ``stagecast serve`` runs (the embedded default) and what end-to-end
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,8 @@ from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
 
 SFU_MOUNT = "/sfu"
+
+logger = logging.getLogger(__name__)
 
 
 def configure_media_addresses(settings: Settings) -> None:
@@ -57,7 +60,31 @@ def create_embedded_app(
         finally:
             await node.stop(drain=False)
 
-    app = create_app(settings, bus=the_bus, clock=clock, migrate=True, companions=[run_node])
+    @asynccontextmanager
+    async def run_ingest(_coordinator: Coordinator) -> AsyncIterator[None]:
+        """The RTMP ingest (``rtmp_port``; 0 turns it off). A port already taken is logged,
+        not fatal: the API and WebRTC keep working without RTMP."""
+        if not settings.rtmp_port:
+            yield
+            return
+        from ingest import IngestService
+
+        ingest = IngestService(settings.base_url, keyring, port=settings.rtmp_port)
+        app.state.ingest = ingest
+        try:
+            await ingest.start()
+        except OSError as exc:
+            logger.warning("RTMP ingest not started on port %d: %s", settings.rtmp_port, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            await ingest.stop()
+
+    app = create_app(
+        settings, bus=the_bus, clock=clock, migrate=True, companions=[run_node, run_ingest]
+    )
     app.mount(SFU_MOUNT, create_sfu_app(node, lifespan=False))
     app.state.sfu_node = node
     return app
