@@ -117,9 +117,10 @@ class _Connection:
         return data
 
     async def handshake(self) -> None:
-        c0c1 = await self.read(1 + HANDSHAKE_SIZE, HANDSHAKE_TIMEOUT)
-        if c0c1[0] != 3:
-            raise ProtocolError(f"unsupported RTMP version {c0c1[0]}")
+        c0 = await self.read(1, HANDSHAKE_TIMEOUT)
+        if c0[0] != 3:  # also turns away HTTP, TLS and other strays at once
+            raise ProtocolError(f"not RTMP (first byte {c0[0]:#04x})")
+        c0c1 = c0 + await self.read(HANDSHAKE_SIZE, HANDSHAKE_TIMEOUT)
         s1 = struct.pack(">II", int(time.monotonic() * 1000) & 0xFFFFFFFF, 0) + os.urandom(
             HANDSHAKE_SIZE - 8
         )

@@ -113,6 +113,9 @@ class IngestService:
         except Exception as exc:
             reason = f"coordinator unreachable ({type(exc).__name__})"
             raise PublishRefused(f"{label}: {reason}") from None
+        if (answer.get("call") or {}).get("ended_at"):
+            # A host may *join* an ended call (join-ended-call, to look back), not broadcast.
+            raise PublishRefused(f"{label}: the call has ended (call_ended)")
         if "send-video" not in answer.get("own_capabilities", []):
             raise PublishRefused(f"{label}: role may not send video (forbidden)")
         credentials = ApiClient.credentials(answer)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from tests.ingest.rtmp_stack import CALL_TYPE, Stack, stop_process
+import pytest
+
+from stagecast.tokens import ApiKey, KeyRing
+from tests.ingest.rtmp_stack import API_KEY, CALL_TYPE, Stack, stop_process
 
 
 async def wait_until(predicate, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -57,3 +61,91 @@ async def test_baseline_is_forwarded_without_reencoding(stack: Stack) -> None:
     (session,) = stack.ingest.sessions
     assert not session.media.transcoding
     await viewer.close()
+
+
+async def test_two_publishers_to_two_calls_stay_separate(stack: Stack) -> None:
+    first, second = await stack.new_show("host1"), await stack.new_show("host2")
+    viewer1 = await stack.viewer("alice", first)
+    viewer2 = await stack.viewer("bob", second)
+    await stack.ffmpeg(stack.key("host1", first), size="640x360")
+    await stack.ffmpeg(stack.key("host2", second), size="320x240", video=("-bf", "0"))
+    assert viewer1.viewer is not None and viewer2.viewer is not None
+    await viewer1.viewer.wait_video_frames(30, timeout=20)
+    await viewer2.viewer.wait_video_frames(30, timeout=20)
+    await viewer1.viewer.wait_audio_frames(10, timeout=10)
+    await viewer2.viewer.wait_audio_frames(10, timeout=10)
+    assert (viewer1.viewer.width, viewer1.viewer.height) == (640, 360)
+    assert (viewer2.viewer.width, viewer2.viewer.height) == (320, 240)
+    assert len(stack.ingest.sessions) == 2
+    hosts1 = str(await stack.api().participants(CALL_TYPE, first))
+    hosts2 = str(await stack.api().participants(CALL_TYPE, second))
+    assert "host1" in hosts1 and "host2" not in hosts1
+    assert "host2" in hosts2 and "host1" not in hosts2
+    await viewer1.close()
+    await viewer2.close()
+
+
+async def refused(stack: Stack, key: str) -> None:
+    """ffmpeg gives up (non-zero exit) and no session was opened."""
+    process = await stack.ffmpeg(key, seconds=5)
+    code = await asyncio.wait_for(process.wait(), 20)
+    assert code != 0
+    assert not stack.ingest.sessions
+
+
+async def test_bad_keys_ended_calls_and_garbage_are_refused(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    call_id = await stack.new_show()
+    keys = {
+        "garbage": "not-a-token",
+        "wrong_secret": KeyRing([ApiKey(API_KEY, "x" * 40)]).user_token(
+            "host", call_cids=[f"{CALL_TYPE}:{call_id}"]
+        ),
+        "expired": stack.key("host", call_id, ttl_seconds=-60),
+        "no_call": stack.keyring.user_token("host"),
+        "not_a_sender": stack.key("viewer", call_id),
+    }
+    for key in keys.values():
+        await refused(stack, key)
+
+    # Garbage bytes on the RTMP port: the connection is dropped, the server keeps serving.
+    for junk in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x03" + bytes(range(256)) * 20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", stack.rtmp_port)
+        writer.write(junk)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 20) is not None
+        writer.close()
+
+    # An ended call refuses its host's key.
+    ended = await stack.new_show()
+    await stack.api("host").end_call(CALL_TYPE, ended)
+    await refused(stack, stack.key("host", ended))
+
+    # Still serving: a good key publishes.
+    viewer = await stack.viewer("alice", call_id)
+    await stack.ffmpeg(stack.key("host", call_id))
+    assert viewer.viewer is not None
+    await viewer.viewer.wait_video_frames(10, timeout=20)
+    await viewer.close()
+
+    logged = caplog.text
+    for key in [*keys.values(), stack.key("host", ended)]:
+        if len(key) > 20:
+            assert key not in logged
+            assert key.split(".")[-1] not in logged  # not even the signature
+    assert "refused" in logged
+    assert "token_expired" in logged
+
+
+async def test_ending_the_call_disconnects_the_publisher(stack: Stack) -> None:
+    call_id = await stack.new_show()
+    process = await stack.ffmpeg(stack.key("host", call_id))
+    await wait_until(lambda: bool(stack.ingest.sessions), "a session")
+    (session,) = stack.ingest.sessions
+    await wait_until(lambda: session.media.video_frames > 10, "frames")
+    await stack.api("host").end_call(CALL_TYPE, call_id)
+    await wait_until(lambda: not stack.ingest.sessions, "the session to close", 15)
+    code = await asyncio.wait_for(process.wait(), 15)
+    assert code is not None
