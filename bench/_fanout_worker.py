@@ -8,7 +8,8 @@ socket protocol is hooked so that RTP datagrams are counted at the socket (SSRC,
 number, marker bit and size read from the clear RTP header) and dropped there: no SRTP
 unprotect, no jitter buffer, no depacketizing or decoding. STUN (ICE consent), DTLS and
 RTCP still reach aiortc. That keeps the receiving cost per packet low, so the viewers'
-CPU (which competes with the SFU's on a small machine) stays as small as it can.
+CPU (which competes with the SFU's on a small machine) stays as small as it can. The
+counting code is ``stagecast.loadtest.rtp``, shared with ``stagecast loadtest``.
 A few *decoding* viewers (``probe``) use the client's ``Viewer`` in decode mode to time the
 first decoded frame.
 
@@ -43,119 +44,16 @@ from stagecast.client import (  # noqa: E402
     ToneAudioTrack,
     Viewer,
 )
+from stagecast.loadtest.rtp import (  # noqa: E402
+    Counts,
+    hook_socket,
+    set_vp8_bitrate,
+    video_payload_types,
+)
 
 
 def log(message: str) -> None:
     print(f"[worker {os.getpid()}] {message}", file=sys.stderr, flush=True)
-
-
-def set_vp8_bitrate(bitrate: int) -> None:
-    from aiortc.codecs import vpx
-
-    vpx.DEFAULT_BITRATE = bitrate
-    vpx.MIN_BITRATE = min(vpx.MIN_BITRATE, bitrate)
-    vpx.MAX_BITRATE = max(vpx.MAX_BITRATE, bitrate)
-
-
-# -- counting RTP at the socket -------------------------------------------------------------
-
-
-class Counts:
-    """RTP counters of one viewer, per kind (by payload type), from raw SRTP datagrams."""
-
-    __slots__ = (
-        "audio_gaps",
-        "audio_packets",
-        "first_video_at",
-        "last_at",
-        "last_seq",
-        "markers",
-        "video_bytes",
-        "video_gaps",
-        "video_packets",
-        "video_pts",
-    )
-
-    def __init__(self, video_pts: set[int]) -> None:
-        self.video_pts = video_pts
-        self.video_packets = 0
-        self.audio_packets = 0
-        self.video_gaps = 0
-        self.audio_gaps = 0
-        self.video_bytes = 0
-        self.markers = 0
-        self.first_video_at: float | None = None
-        self.last_at = 0.0
-        self.last_seq: dict[int, int] = {}
-
-    def add(self, data: bytes) -> None:
-        b1 = data[1]
-        pt = b1 & 0x7F
-        seq = (data[2] << 8) | data[3]
-        ssrc = int.from_bytes(data[8:12], "big")
-        now = time.monotonic()
-        self.last_at = now
-        video = pt in self.video_pts
-        if video:
-            self.video_packets += 1
-            self.video_bytes += len(data)
-            if b1 & 0x80:
-                self.markers += 1
-            if self.first_video_at is None:
-                self.first_video_at = now
-        else:
-            self.audio_packets += 1
-        last = self.last_seq.get(ssrc)
-        if last is not None:
-            delta = (seq - last) & 0xFFFF
-            if delta == 0 or delta >= 0x8000:
-                return  # duplicate or late
-            if delta > 1:
-                if video:
-                    self.video_gaps += delta - 1
-                else:
-                    self.audio_gaps += delta - 1
-        self.last_seq[ssrc] = seq
-
-
-def video_payload_types(sdp: str) -> set[int]:
-    """Payload types of the video m-section (media and RTX) in an SDP."""
-    pts: set[int] = set()
-    section = None
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            parts = line.split()
-            section = parts[0][2:]
-            if section == "video":
-                pts.update(int(p) for p in parts[3:] if p.isdigit())
-    return pts
-
-
-def hook_socket(pc: RTCPeerConnection, counts: Counts) -> int:
-    """Count and drop RTP at the ICE sockets of ``pc``; the rest goes on to aiortc."""
-    hooked = 0
-    seen: set[int] = set()
-    for transceiver in pc.getTransceivers():
-        transport = transceiver.receiver.transport
-        if transport is None:
-            continue
-        connection = transport.transport._connection
-        for protocol in connection._protocols:
-            if id(protocol) in seen:
-                continue
-            seen.add(id(protocol))
-            original = protocol.datagram_received
-            add = counts.add
-
-            def received(data: Any, addr: Any, original: Any = original, add: Any = add) -> None:
-                if len(data) >= 12 and (data[0] & 0xC0) == 0x80 and not 192 <= data[1] <= 223:
-                    add(data)
-                    return
-                original(data, addr)
-
-            protocol.datagram_received = received
-            hooked += 1
-    return hooked
 
 
 # -- viewers -----------------------------------------------------------------------------------
