@@ -149,7 +149,7 @@ async def run_embedded(
         public_url=url,
         sfu_announced_address="127.0.0.1",  # one loopback host candidate per connection
         node_heartbeat_seconds=0.5,
-        **settings,
+        **{"rtmp_port": 0, **settings},  # no RTMP ingest unless a test asks for it
     )
     the_bus = bus or MemoryBus()
     app = create_embedded_app(config, bus=the_bus)
