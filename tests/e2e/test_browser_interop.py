@@ -82,12 +82,18 @@ class Tab:
     async def wait_decoding(
         self, name: str, frames: int = 30, timeout: float = 20.0
     ) -> dict[str, Any]:
-        """Until ``name``'s inbound video has decoded ``frames`` frames; the stats."""
+        """Until ``name``'s inbound video has decoded ``frames`` frames (of a known size) and
+        its audio has played samples; the stats."""
         deadline = time.monotonic() + timeout
         while True:
             stats = await self.stats(name)
             video = stats["inbound"].get("video") or {}
-            if (video.get("framesDecoded") or 0) >= frames and video.get("frameWidth"):
+            audio = stats["inbound"].get("audio") or {}
+            if (
+                (video.get("framesDecoded") or 0) >= frames
+                and video.get("frameWidth")
+                and (audio.get("totalSamplesReceived") or 0) > 0
+            ):
                 return stats
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -357,3 +363,26 @@ async def test_loss_is_repaired_and_late_joiners_get_a_keyframe(
         f"late Chromium viewer: subscribe-to-first-decoded-frame "
         f"{(time.monotonic() - started) * 1000:.0f} ms"
     )
+
+
+async def test_chromium_viewers_waiting_before_anyone_publishes(
+    server: Embedded, tabs: Any
+) -> None:
+    """Viewers (WebSocket and WHEP) connect to a live call with no publisher yet, so their
+    connections offer every codec; an H.264 publisher then reaches them without a new
+    request."""
+    call_id, _ = await new_live_show(server)
+    ws_fan, whep_fan, host = await tabs(granted=False), await tabs(granted=False), await tabs()
+    ws_url, token = await credentials(server, "ws-fan", call_id)
+    subscribed = await ws_fan.call("subscribeWs", "sub", ws_url, token)
+    assert "VP8/90000" in subscribed["answer"] and "H264/90000" in subscribed["answer"]
+    watched = await whep_fan.call("whep", "whep", CALL_TYPE, call_id, server.token("whep-fan"))
+    assert "VP8/90000" in watched["answer"] and "H264/90000" in watched["answer"]
+    await asyncio.sleep(0.5)
+    ws_url, token = await credentials(server, "host", call_id)
+    await host.call("publishWs", "pub", ws_url, token, "H264")
+    for tab, name in ((ws_fan, "sub"), (whep_fan, "whep")):
+        stats = await tab.wait_decoding(name, frames=20)
+        assert codec_of(stats, "inbound")["mimeType"] == "video/H264"
+        assert stats["inbound"]["video"]["frameWidth"] == 640
+    await server.wait_count(call_id, 3)
