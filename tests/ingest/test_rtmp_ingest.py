@@ -77,6 +77,8 @@ async def test_two_publishers_to_two_calls_stay_separate(stack: Stack) -> None:
     assert (viewer1.viewer.width, viewer1.viewer.height) == (640, 360)
     assert (viewer2.viewer.width, viewer2.viewer.height) == (320, 240)
     assert len(stack.ingest.sessions) == 2
+    modes = {("host2" in s.label): s.media.transcoding for s in stack.ingest.sessions}
+    assert modes == {False: True, True: False}  # high with B-frames transcodes; -bf 0 does not
     hosts1 = str(await stack.api().participants(CALL_TYPE, first))
     hosts2 = str(await stack.api().participants(CALL_TYPE, second))
     assert "host1" in hosts1 and "host2" not in hosts1
