@@ -77,10 +77,12 @@ async def relay(coordinator: Coordinator, node_id: str, message: dict[str, Any])
     error = answer.get("error")
     if isinstance(error, dict):
         code = str(error.get("code", "invalid_request"))
+        details = error.get("details")
         raise ApiError(
             _NODE_ERROR_STATUS.get(code, 502),
             code if code in _NODE_ERROR_STATUS else "media_server_error",
             str(error.get("message", "The media server refused the request.")),
+            details if isinstance(details, dict) else None,
         )
     return answer
 
