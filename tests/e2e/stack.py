@@ -140,17 +140,11 @@ async def run_embedded(
     (same origin as the API, as a web app would be)."""
     sock = free_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    config = Settings(
-        api_key=API_KEY,
-        api_secret=API_SECRET,
-        data_dir=data_dir,
-        database_url=database_url,
-        dev_mode=True,
-        public_url=url,
-        sfu_announced_address="127.0.0.1",  # one loopback host candidate per connection
-        node_heartbeat_seconds=0.5,
-        **{"rtmp_port": 0, **settings},  # no RTMP ingest unless a test asks for it
-    )
+    try:
+        config = _settings(data_dir, url, database_url, settings)
+    except BaseException:
+        sock.close()
+        raise
     the_bus = bus or MemoryBus()
     app = create_embedded_app(config, bus=the_bus)
     if serve_pages:
@@ -170,6 +164,25 @@ async def run_embedded(
         await asyncio.gather(*(c.aclose() for c in embedded.clients), return_exceptions=True)
         sock.close()
         reset_host_candidates()
+
+
+def _settings(
+    data_dir: Path, url: str, database_url: str | None, overrides: dict[str, Any]
+) -> Settings:
+    return Settings(
+        **{
+            "api_key": API_KEY,
+            "api_secret": API_SECRET,
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "dev_mode": True,
+            "public_url": url,
+            "sfu_announced_address": "127.0.0.1",  # one loopback host candidate each
+            "node_heartbeat_seconds": 0.5,
+            "rtmp_port": 0,  # no RTMP ingest unless a test asks for it
+            **overrides,
+        }
+    )
 
 
 PAGES = Path(__file__).parent / "pages"

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 
 from sfu.ice import rtc_configuration
 from stagecast.client import SyntheticVideoTrack, ToneAudioTrack, Viewer
-from tests.e2e.stack import CALL_TYPE, Embedded
+from tests.e2e.stack import CALL_TYPE, Embedded, run_embedded
 
 WIDTH, HEIGHT = 320, 240
 SDP = {"content-type": "application/sdp"}
@@ -280,3 +281,21 @@ async def test_whip_whep_refusals(
     assert response.status_code == 404
     response = await http.delete(f"{whip_path}/{uuid.uuid4().hex}", headers=server.auth("host"))
     assert response.status_code == 404
+
+
+async def test_a_full_node_says_why(tmp_path: Path, closing: Callable[[Any], Any]) -> None:
+    """The node refuses (its registry entry still shows room: heartbeats are slow here);
+    the coordinator's 503 carries the node's ``details.reason`` as the contract says."""
+    async with (
+        run_embedded(
+            tmp_path, sfu_capacity=1, node_heartbeat_seconds=60, node_ttl_seconds=120
+        ) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        call_id, api = await server.new_show("host")
+        await api.go_live(CALL_TYPE, call_id)
+        await whip(http, server, closing, call_id)
+        _, response = await whep(http, server, closing, call_id, "fan")
+        assert response.status_code == 503, response.text
+        assert error(response)["code"] == "capacity_exhausted"
+        assert error(response)["details"]["reason"] == "node_full"
