@@ -9,6 +9,8 @@ process can run hundreds of such viewers. ``bench/fanout.py`` uses the same code
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from typing import Any
 
@@ -116,29 +118,52 @@ def video_payload_types(sdp: str) -> set[int]:
     return pts
 
 
-def hook_socket(pc: Any, counts: Counts) -> int:
-    """Count and drop RTP at the ICE sockets of ``pc`` (an ``RTCPeerConnection``); the rest
-    goes on to aiortc. Returns how many sockets were hooked."""
-    hooked = 0
+RECEIVE_BUFFER = 4 * 1024 * 1024
+
+
+def enlarge_receive_buffer(protocol: Any, size: int = RECEIVE_BUFFER) -> None:
+    """Ask for a larger UDP receive buffer (the kernel caps it at ``net.core.rmem_max``).
+
+    A joining viewer gets the SFU's cached keyframe as a burst (up to a few hundred packets);
+    with the default buffer (~208 KB) a worker busy with other viewers' DTLS handshakes
+    would drop some of it itself and report loss that the server did not cause."""
+    transport = getattr(protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def ice_protocols(pc: Any) -> list[Any]:
+    """The ICE socket protocols of ``pc`` (an ``RTCPeerConnection``) once it has gathered."""
+    protocols: list[Any] = []
     seen: set[int] = set()
     for transceiver in pc.getTransceivers():
         transport = transceiver.receiver.transport
         if transport is None:
             continue
-        connection = transport.transport._connection
-        for protocol in connection._protocols:
-            if id(protocol) in seen:
-                continue
-            seen.add(id(protocol))
-            original = protocol.datagram_received
-            add = counts.add
+        for protocol in transport.transport._connection._protocols:
+            if id(protocol) not in seen:
+                seen.add(id(protocol))
+                protocols.append(protocol)
+    return protocols
 
-            def received(data: Any, addr: Any, original: Any = original, add: Any = add) -> None:
-                if len(data) >= 12 and (data[0] & 0xC0) == 0x80 and not 192 <= data[1] <= 223:
-                    add(data)
-                    return
-                original(data, addr)
 
-            protocol.datagram_received = received
-            hooked += 1
+def hook_socket(pc: Any, counts: Counts) -> int:
+    """Count and drop RTP at the ICE sockets of ``pc`` (an ``RTCPeerConnection``); the rest
+    goes on to aiortc. Returns how many sockets were hooked."""
+    hooked = 0
+    for protocol in ice_protocols(pc):
+        enlarge_receive_buffer(protocol)
+        original = protocol.datagram_received
+        add = counts.add
+
+        def received(data: Any, addr: Any, original: Any = original, add: Any = add) -> None:
+            if len(data) >= 12 and (data[0] & 0xC0) == 0x80 and not 192 <= data[1] <= 223:
+                add(data)
+                return
+            original(data, addr)
+
+        protocol.datagram_received = received
+        hooked += 1
     return hooked

@@ -38,7 +38,14 @@ from stagecast.client import (
 
 from .media import TimestampVideoTrack, frame_latency_ms
 from .process import serve_commands
-from .rtp import Counts, hook_socket, set_encoder_bitrate, video_payload_types
+from .rtp import (
+    Counts,
+    enlarge_receive_buffer,
+    hook_socket,
+    ice_protocols,
+    set_encoder_bitrate,
+    video_payload_types,
+)
 
 ViewerKind = Literal["thin", "full"]
 STEP_TIMEOUT = 20.0
@@ -151,6 +158,8 @@ class LoadViewer:
             conn.viewer = viewer
             offer = await conn.request({"type": "subscribe"}, "subscribe_offer", STEP_TIMEOUT)
             answer_sdp = await viewer.accept_offer(offer["sdp"])
+            for protocol in ice_protocols(viewer.pc):
+                enlarge_receive_buffer(protocol)
             await conn.request({"type": "subscribe_answer", "sdp": answer_sdp}, "ack", STEP_TIMEOUT)
         else:
             pc = RTCPeerConnection(conn.rtc_config)

@@ -63,7 +63,10 @@ async def test_twenty_viewers_ten_seconds(server: Server) -> None:
     assert total["viewers"]["receiving"] == 20, stderr
     assert report["errors"] == {} and report["setup_errors"] == []
     assert total["packets"]["video_packets"] > 0
-    assert total["loss_percent"]["total"] == 0.0, total
+    # no loss once everyone is in; the joins' keyframe bursts may cost a little on a
+    # loaded machine (docs/loadtest.md)
+    assert steady["loss_percent"]["total"] == 0.0, steady
+    assert total["loss_percent"]["total"] < 0.5, total
     publisher = steady["bitrate_kbps"]["publisher"]
     per_viewer = steady["bitrate_kbps"]["per_viewer"]
     assert publisher > 300, steady
