@@ -52,7 +52,8 @@ async def publisher_offer(
 ) -> RTCPeerConnection:
     """An aiortc WHIP client with its offer set (candidates included: aiortc gathers
     before ``setLocalDescription`` returns)."""
-    pc = closing(RTCPeerConnection(rtc_configuration()))
+    pc = RTCPeerConnection(rtc_configuration())
+    closing(pc)
     audio = pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
     video = pc.addTransceiver(SyntheticVideoTrack(WIDTH, HEIGHT, 30), direction="sendonly")
     for transceiver, kind, codec in ((audio, "audio", audio_codec), (video, "video", video_codec)):
