@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 MS = fractions.Fraction(1, 1000)
 MAX_QUEUE = 600
 MAX_GOP = 600
+MAX_DECODE_BACKLOG = 60  # frames (2 s at 30 fps) waiting for the transcoder
 
 NAL_IDR = 5
 NAL_SPS = 7
@@ -117,6 +118,7 @@ class FlvToTracks:
         self.gop: list[tuple[bytes, int, int]] = []  # (annex b, pts, dts) since last keyframe
         self.video_frames = 0
         self.audio_frames = 0
+        self.dropped_frames = 0
         self.unsupported_logged: set[str] = set()
         self._decoder: Any = None
         self._aac: Any = None
@@ -181,6 +183,14 @@ class FlvToTracks:
             for cached in self.gop[:-1]:  # start the decoder at the last keyframe
                 self._video_in.put_nowait(cached)
         if self.transcoding:
+            if keyframe and self._video_in.qsize() > MAX_DECODE_BACKLOG:
+                # Decoding fell behind (CPU starved): skip the backlog, restart here.
+                dropped = 0
+                while not self._video_in.empty():
+                    self._video_in.get_nowait()
+                    dropped += 1
+                self.dropped_frames += dropped
+                logger.warning("ingest %s: decoder behind, %d frames skipped", self.label, dropped)
             self._video_in.put_nowait(item)
         else:
             packet = av.Packet(item[0])
