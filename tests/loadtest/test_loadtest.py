@@ -143,3 +143,29 @@ def test_percentiles() -> None:
     assert percentiles([]) == {"count": 0, "p50": None, "p95": None, "max": None}
     values = [float(v) for v in range(1, 101)]
     assert percentiles(values) == {"count": 100, "p50": 50.0, "p95": 95.0, "max": 100.0}
+
+
+async def test_token_file(server: Server, tmp_path: Path) -> None:
+    """The first token creates the call (its user becomes host), goes live and publishes;
+    the viewers take the others in turn."""
+    from stagecast.settings import ApiKey
+    from stagecast.tokens import KeyRing
+
+    keyring = KeyRing([ApiKey(server.api_key, server.api_secret)])
+    tokens = tmp_path / "tokens"
+    tokens.write_text(
+        "# host first\n"
+        + "\n".join(
+            [keyring.user_token("filehost"), *(keyring.user_token(f"v{i}") for i in range(2))]
+        )
+        + "\n"
+    )
+    code, stdout, stderr = await loadtest(
+        "--url", server.url, "--token-file", str(tokens), "--call", "livestream:from-file",
+        "--publish", "--viewers", "3", "--ramp", "10", "--duration", "4", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    report = validated(stdout)
+    assert report["target"]["call_cid"] == "livestream:from-file"
+    assert report["phases"]["total"]["viewers"]["connected"] == 3
+    assert report["phases"]["total"]["packets"]["video_packets"] > 0
