@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 
 import pytest
 
 from stagecast.tokens import ApiKey, KeyRing
-from tests.ingest.rtmp_stack import API_KEY, CALL_TYPE, Stack, stop_process
+from tests.ingest.rtmp_stack import API_KEY, API_SECRET, CALL_TYPE, Stack, free_port, stop_process
 
 
 async def wait_until(predicate, what: str, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
@@ -151,3 +153,45 @@ async def test_ending_the_call_disconnects_the_publisher(stack: Stack) -> None:
     await wait_until(lambda: not stack.ingest.sessions, "the session to close", 15)
     code = await asyncio.wait_for(process.wait(), 15)
     assert code is not None
+
+
+async def test_stagecast_ingest_command_runs_a_separate_ingest(stack: Stack) -> None:
+    """``stagecast ingest`` in its own process publishes through the coordinator's API."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "STAGECAST_API_KEY": API_KEY,
+        "STAGECAST_API_SECRET": API_SECRET,
+        "STAGECAST_PUBLIC_URL": stack.url,
+        "STAGECAST_SFU_ANNOUNCED_ADDRESS": "127.0.0.1",
+        "STAGECAST_LOG_LEVEL": "INFO",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stagecast.cli", "ingest",
+        "--rtmp-host", "127.0.0.1", "--rtmp-port", str(port),
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stack.processes.append(process)
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        break
+    call_id = await stack.new_show()
+    viewer = await stack.viewer("alice", call_id)
+    stack.rtmp_port = port
+    await stack.ffmpeg(stack.key("host", call_id), video=("-bf", "0"))
+    assert viewer.viewer is not None
+    await viewer.viewer.wait_video_frames(20, timeout=20)
+    assert (viewer.viewer.width, viewer.viewer.height) == (640, 360)
+    assert "host" in str(await stack.api().participants(CALL_TYPE, call_id))
+    assert not stack.ingest.sessions  # the embedded ingest took no part
+    await viewer.close()
+    await stop_process(process)
+    assert process.stderr is not None
+    logged = (await process.stderr.read()).decode(errors="replace")
+    assert "publishing" in logged
+    assert stack.key("host", call_id).split(".")[-1] not in logged
