@@ -13,14 +13,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from egress.storage import default_storage
 from server import db
+from server import egress as egress_reports
 from server.calls import iso
 from server.clock import Clock, system_clock
 from server.context import Coordinator
 from server.errors import install_error_handlers
 from server.events import EventHub
 from server.metrics import API_ERRORS, HTTP_LATENCY, HTTP_REQUESTS
-from server.routers import call_types, calls, dev, events, media, service, users, web
+from server.routers import call_types, calls, dev, egress, events, media, service, users, web
 from server.sessions import run_report_consumer, run_sweeper
 from stagecast.bus import Bus, create_bus
 from stagecast.logs import redact_server_logs
@@ -109,6 +111,7 @@ def create_app(
             sessions=db.session_factory(engine),
             clock=clock,
             hub=hub,
+            storage=default_storage(settings.data_dir),
         )
         app.state.coordinator = coordinator
         hub.listen(coordinator.forget)
@@ -119,6 +122,7 @@ def create_app(
             *[hub.run_webhooks] * WEBHOOK_DELIVERY_TASKS,
             lambda: run_report_consumer(coordinator),
             lambda: run_sweeper(coordinator),
+            lambda: egress_reports.run_report_consumer(coordinator),
         ]
         coordinator.tasks = [asyncio.create_task(_supervised(work())) for work in workers]
         await asyncio.wait_for(fanout_ready.wait(), 10)
@@ -154,6 +158,7 @@ def create_app(
         call_types.router,
         calls.router,
         media.router,
+        egress.router,
         events.router,
         web.router,
     ):

@@ -21,9 +21,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from server import egress
 from server.call_types import CAPABILITIES, CallSettings, effective_settings, merge_settings
 from server.context import Coordinator, after_commit
-from server.errors import ApiError, forbidden, invalid_request, not_found, not_implemented
+from server.errors import ApiError, forbidden, invalid_request, not_found
 from server.models import Call, CallMember, CallType, SessionParticipant, User, UtcDateTime
 from server.schemas import (
     CallCreate,
@@ -370,10 +371,7 @@ async def call_response(
             "ended_at": call.ended_at,
             "settings": context.settings,
             "session": session,
-            "egress": {
-                "hls": {"status": "stopped", "playlist_url": None},
-                "recording": {"status": "stopped"},
-            },
+            "egress": await egress.egress_state(coordinator, db, call.cid),
             "ingress": {
                 "rtmp": {"address": f"rtmp://{host}:{coordinator.settings.rtmp_port}/live"},
                 "whip": {"url": f"{base_url}{path}/whip"},
@@ -611,10 +609,20 @@ async def go_live(
     call = context.call
     if call.ended_at is not None:
         raise ApiError(409, "call_ended", "The call has ended; it cannot go live again.")
+    settings = context.settings
+    start_hls = body.start_hls or (
+        settings.broadcasting.hls.enabled and settings.broadcasting.hls.auto_on
+    )
+    start_recording = body.start_recording or settings.recording.mode == "auto"
     if body.start_hls:
-        raise not_implemented("HLS broadcasting")
+        require_egress_allowed(context, "hls")
     if body.start_recording:
-        raise not_implemented("Recording")
+        require_egress_allowed(context, "recording")
+    for kind, wanted in (("hls", start_hls), ("recording", start_recording)):
+        if wanted:
+            await egress.start(
+                coordinator, db, call, await _ensure_session(coordinator, db, call), kind
+            )
     if call.live:
         return context
     now = coordinator.clock()
@@ -666,6 +674,7 @@ async def end_call(
     call.ended_at = now
     call.updated_at = now
     session_id = call.session_id
+    await egress.stop(coordinator, db, call.cid, None)
     await db.execute(
         update(SessionParticipant)
         .where(SessionParticipant.cid == call.cid, SessionParticipant.left_at.is_(None))
@@ -675,6 +684,52 @@ async def end_call(
     context = context.refreshed()
     _announce(coordinator, db, context, "call.ended", "ended", ended_session=session_id)
     return context
+
+
+# Egress
+
+
+def require_egress_allowed(context: CallContext, kind: str) -> None:
+    """The caller may start ``kind`` (``hls`` or ``recording``) and the call type allows it."""
+    if kind == "hls":
+        context.require("start-broadcast-call")
+        if not context.settings.broadcasting.hls.enabled:
+            raise ApiError(409, "conflict", "HLS broadcasting is disabled for this call.")
+    else:
+        context.require("start-record-call")
+        if context.settings.recording.mode == "disabled":
+            raise ApiError(409, "conflict", "Recording is disabled for this call.")
+
+
+async def start_egress(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    kind: str,
+) -> tuple[CallContext, Any]:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    require_egress_allowed(context, kind)
+    call = context.call
+    if call.ended_at is not None:
+        raise ApiError(409, "call_ended", "The call has ended.")
+    session_id = await _ensure_session(coordinator, db, call)
+    row = await egress.start(coordinator, db, call, session_id, kind)
+    return context, row
+
+
+async def stop_egress(
+    coordinator: Coordinator,
+    db: AsyncSession,
+    principal: Principal,
+    call_type: str,
+    call_id: str,
+    kind: str,
+) -> None:
+    context = await load_call(db, principal, call_type, call_id, lock=True)
+    context.require("stop-broadcast-call" if kind == "hls" else "stop-record-call")
+    await egress.stop(coordinator, db, context.call.cid, kind)
 
 
 # Joining

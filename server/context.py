@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from egress.storage import Storage
 from server.cache import TtlCache
 from server.clock import Clock
 from server.errors import ApiError
@@ -46,6 +47,8 @@ class Coordinator:
         default_factory=lambda: TtlCache(3600.0, max_entries=100_000)
     )
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # Where egress output is read from (HLS files, recordings); set by create_app.
+    storage: Storage | None = None
 
     _nodes_read: tuple[float, list[NodeInfo]] = (float("-inf"), [])
     # The hot join path's view of calls and their live sessions (see server.cache).

@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -105,3 +115,31 @@ class SessionParticipant(Base):
     left_at: Mapped[datetime | None]
 
     __table_args__ = (Index("ix_participants_cid_left", "cid", "left_at"),)
+
+
+class Egress(Base):
+    """One HLS broadcast or one recording of a call, as its egress job reports it.
+
+    ``status``: ``starting`` (queued, or waiting for media), ``running``, ``stopping`` (stop
+    asked, the worker has not confirmed), ``stopped``, ``ready`` (a recording's file is final),
+    ``failed``.
+    """
+
+    __tablename__ = "egress"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cid: Mapped[str] = mapped_column(String(129), ForeignKey("calls.cid", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "hls" | "recording"
+    status: Mapped[str] = mapped_column(String(16))
+    # HLS: the unguessable directory the playlist is served from; recordings: storage prefix.
+    path_token: Mapped[str] = mapped_column(String(64), unique=True)
+    filename: Mapped[str | None] = mapped_column(String(256))
+    storage_key: Mapped[str | None] = mapped_column(String(512))
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    duration_seconds: Mapped[float | None] = mapped_column(Float)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    error: Mapped[str | None] = mapped_column(String(1024))
+
+    __table_args__ = (Index("ix_egress_cid_kind_status", "cid", "kind", "status"),)

@@ -295,3 +295,31 @@ class DevTokenResponse(BaseModel):
     token: str
     user_id: str
     api_key: str
+
+
+class EgressStatusOut(BaseModel):
+    status: Literal["stopped", "starting", "running"]
+
+
+class EgressStatusResponse(BaseModel):
+    recording: EgressStatusOut
+
+
+class HlsResponse(BaseModel):
+    playlist_url: str | None
+    status: Literal["stopped", "starting", "running"]
+
+
+class RecordingOut(BaseModel):
+    id: str
+    filename: str
+    url: str
+    started_at: str | None
+    ended_at: str | None
+    duration_seconds: float | None
+    size_bytes: int | None
+
+
+class RecordingsResponse(BaseModel):
+    recordings: list[RecordingOut]
+    next: str | None = None

@@ -92,6 +92,38 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _egress(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from egress.storage import default_storage
+    from egress.worker import EgressWorker
+    from stagecast.bus import create_bus
+
+    settings = _settings(args)
+    configure_logging(settings.log_format, settings.log_level)
+    if not settings.redis_url:
+        raise ValueError("an egress worker in its own process needs STAGECAST_REDIS_URL (the bus)")
+
+    async def run() -> None:
+        bus = create_bus(settings.redis_url)
+        worker = EgressWorker(bus, default_storage(settings.data_dir), max_jobs=args.max_jobs)
+        task = asyncio.create_task(worker.run())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await bus.close()
+
+    print(f"egress worker: files in {settings.data_dir / 'egress'}", flush=True)
+    asyncio.run(run())
+    return 0
+
+
 def _db_upgrade(args: argparse.Namespace) -> int:
     from server.db import upgrade
 
@@ -172,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("--public-url", dest="public_url", help="the coordinator's URL")
     ingest.set_defaults(run=_ingest)
+
+    egress = commands.add_parser("egress", help="an egress worker: HLS and recordings (Redis bus)")
+    _common(egress)
+    egress.add_argument("--max-jobs", dest="max_jobs", type=int, default=4)
+    egress.set_defaults(run=_egress)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)

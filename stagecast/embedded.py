@@ -1,4 +1,5 @@
-"""Every role in one process: the coordinator with an SFU node mounted at ``/sfu``.
+"""Every role in one process: the coordinator with an SFU node mounted at ``/sfu`` and an
+egress worker.
 
 This is what ``stagecast serve`` runs (the embedded default) and what end-to-end tests start.
 """
@@ -11,7 +12,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.app import create_app
+from egress.storage import default_storage
+from egress.worker import EgressWorker
+from server.app import Companion, create_app
 from server.clock import Clock, system_clock
 from server.context import Coordinator
 from sfu.ice import configure_host_candidates, configure_port_range
@@ -45,9 +48,14 @@ def create_node(settings: Settings, bus: Bus, keyring: KeyRing, public_url: str)
 
 
 def create_embedded_app(
-    settings: Settings, *, bus: Bus | None = None, clock: Clock = system_clock
+    settings: Settings,
+    *,
+    bus: Bus | None = None,
+    clock: Clock = system_clock,
+    egress_worker: bool = True,
 ) -> FastAPI:
-    """The coordinator with migrations applied on start and an SFU node at ``/sfu``."""
+    """The coordinator with migrations applied on start, an SFU node at ``/sfu`` and (unless
+    ``egress_worker=False``) an egress worker."""
     keyring = KeyRing(load_api_keys(settings))
     the_bus = bus or create_bus(settings.redis_url)
     node = create_node(settings, the_bus, keyring, settings.base_url + SFU_MOUNT)
@@ -82,9 +90,21 @@ def create_embedded_app(
         finally:
             await ingest.stop()
 
-    app = create_app(
-        settings, bus=the_bus, clock=clock, migrate=True, companions=[run_node, run_ingest]
-    )
+    worker = EgressWorker(the_bus, default_storage(settings.data_dir))
+
+    @asynccontextmanager
+    async def run_egress(_coordinator: Coordinator) -> AsyncIterator[None]:
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    companions: list[Companion] = [run_node, run_ingest]
+    if egress_worker:
+        companions.append(run_egress)
+    app = create_app(settings, bus=the_bus, clock=clock, migrate=True, companions=companions)
+    app.state.egress_worker = worker if egress_worker else None
     app.mount(SFU_MOUNT, create_sfu_app(node, lifespan=False))
     app.state.sfu_node = node
     return app

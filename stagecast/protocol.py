@@ -11,6 +11,13 @@
 - ``call_state_key(cid)`` (registry): ``{"live", "ended"}``, so a node that opens a room late
   still knows whether the call is live.
 - ``node_key(node_id)`` (registry): a node's heartbeat, see :mod:`stagecast.nodes`.
+- ``EGRESS_JOBS`` (job queue, coordinator -> one egress worker): ``{"egress_id", "kind":
+  "hls" | "recording", "cid", "token", "prefix", "segment_seconds"}``; the lease is renewed while
+  the job runs, so a dead worker's job is taken again.
+- ``EGRESS_CONTROL`` (pub/sub, coordinator -> egress workers): ``{"type": "stop", "egress_id"}``;
+  ``egress_stop_key(egress_id)`` (registry) says the same to a worker that missed it.
+- ``EGRESS_REPORTS`` (job queue, egress workers -> one coordinator): ``{"type": "started" |
+  "stopped" | "ready" | "failed", "egress_id", "kind", "cid", "at", "attempt", ...}``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ EVENTS = "events"
 WEBHOOKS = "webhooks"
 NODE_DIRECTORY = "nodes"
 CALL_STATE_TTL_SECONDS = 7 * 86400
+EGRESS_JOBS = "egress-jobs"
+EGRESS_CONTROL = "egress.control"
+EGRESS_REPORTS = "egress-reports"
+EGRESS_STOP_TTL_SECONDS = 86400
 
 
 def node_key(node_id: str) -> str:
@@ -33,3 +44,7 @@ def node_channel(node_id: str) -> str:
 
 def call_state_key(cid: str) -> str:
     return f"callstate/{cid}"
+
+
+def egress_stop_key(egress_id: str) -> str:
+    return f"egressstop/{egress_id}"

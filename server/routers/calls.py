@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from server import calls
+from server import calls, egress
 from server.context import Caller, CoordinatorDep, DbSession
-from server.errors import ERROR_RESPONSES, not_implemented
+from server.errors import ERROR_RESPONSES
 from server.metrics import JOINS
 from server.schemas import (
     CALL_ID_PATTERN,
@@ -19,12 +19,15 @@ from server.schemas import (
     CallResponse,
     CallsResponse,
     CallUpdate,
+    EgressStatusResponse,
     GoLiveIn,
+    HlsResponse,
     JoinIn,
     JoinResponse,
     MembersChange,
     MembersResponse,
     ParticipantsResponse,
+    RecordingsResponse,
 )
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=ERROR_RESPONSES)
@@ -177,34 +180,45 @@ async def participants(
     return {"session": await calls.session_state(db, context.call, context.backstage)}
 
 
-async def _not_yet(
-    db: DbSession, caller: Caller, type: str, id: str, capability: str, feature: str
-) -> None:
+@router.post("/{type}/{id}/recordings/start", response_model=EgressStatusResponse)
+async def start_recording(
+    type: TypePath, id: IdPath, caller: Caller, coordinator: CoordinatorDep, db: DbSession
+) -> dict[str, Any]:
+    """Start recording the call (an MP4 listed by ``GET .../recordings`` once stopped)."""
+    _, row = await calls.start_egress(coordinator, db, caller, type, id, "recording")
+    return {"recording": {"status": egress.api_status(row)}}
+
+
+@router.post("/{type}/{id}/recordings/stop", response_model=EgressStatusResponse)
+async def stop_recording(
+    type: TypePath, id: IdPath, caller: Caller, coordinator: CoordinatorDep, db: DbSession
+) -> dict[str, Any]:
+    await calls.stop_egress(coordinator, db, caller, type, id, "recording")
+    return {"recording": {"status": "stopped"}}
+
+
+@router.get("/{type}/{id}/recordings", response_model=RecordingsResponse)
+async def list_recordings(
+    type: TypePath, id: IdPath, caller: Caller, coordinator: CoordinatorDep, db: DbSession
+) -> dict[str, Any]:
+    """Finished recordings; each ``url`` is signed and expires (no token needed)."""
     context = await calls.load_call(db, caller, type, id)
-    context.require(capability)
-    raise not_implemented(feature)
+    context.require("list-recordings")
+    return {"recordings": await egress.recordings(coordinator, db, context.call.cid), "next": None}
 
 
-@router.post("/{type}/{id}/recordings/start")
-async def start_recording(type: TypePath, id: IdPath, caller: Caller, db: DbSession) -> None:
-    await _not_yet(db, caller, type, id, "start-record-call", "Recording")
+@router.post("/{type}/{id}/hls/start", response_model=HlsResponse)
+async def start_hls(
+    type: TypePath, id: IdPath, caller: Caller, coordinator: CoordinatorDep, db: DbSession
+) -> dict[str, Any]:
+    """Start HLS; the playlist is served without a token at ``playlist_url``."""
+    _, row = await calls.start_egress(coordinator, db, caller, type, id, "hls")
+    return {"playlist_url": egress.playlist_url(coordinator, row), "status": egress.api_status(row)}
 
 
-@router.post("/{type}/{id}/recordings/stop")
-async def stop_recording(type: TypePath, id: IdPath, caller: Caller, db: DbSession) -> None:
-    await _not_yet(db, caller, type, id, "stop-record-call", "Recording")
-
-
-@router.get("/{type}/{id}/recordings")
-async def list_recordings(type: TypePath, id: IdPath, caller: Caller, db: DbSession) -> None:
-    await _not_yet(db, caller, type, id, "list-recordings", "Recording")
-
-
-@router.post("/{type}/{id}/hls/start")
-async def start_hls(type: TypePath, id: IdPath, caller: Caller, db: DbSession) -> None:
-    await _not_yet(db, caller, type, id, "start-broadcast-call", "HLS broadcasting")
-
-
-@router.post("/{type}/{id}/hls/stop")
-async def stop_hls(type: TypePath, id: IdPath, caller: Caller, db: DbSession) -> None:
-    await _not_yet(db, caller, type, id, "stop-broadcast-call", "HLS broadcasting")
+@router.post("/{type}/{id}/hls/stop", response_model=HlsResponse)
+async def stop_hls(
+    type: TypePath, id: IdPath, caller: Caller, coordinator: CoordinatorDep, db: DbSession
+) -> dict[str, Any]:
+    await calls.stop_egress(coordinator, db, caller, type, id, "hls")
+    return {"playlist_url": None, "status": "stopped"}

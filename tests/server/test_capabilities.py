@@ -216,11 +216,8 @@ ACTIONS = [
         "go-live with hls",
         "POST",
         "/go-live",
-        ("go-live",),
+        ("go-live", "start-broadcast-call"),
         body={"start_hls": True},
-        status=501,
-        code="not_implemented",
-        changes_call=False,
     ),
     Action(
         "go-live after end",
@@ -248,16 +245,14 @@ ACTIONS = [
             suffix,
             (capability,),
             state="live",
-            status=501,
-            code="not_implemented",
-            changes_call=False,
+            changes_call=changes,
         )
-        for method, suffix, capability in [
-            ("POST", "/recordings/start", "start-record-call"),
-            ("POST", "/recordings/stop", "stop-record-call"),
-            ("GET", "/recordings", "list-recordings"),
-            ("POST", "/hls/start", "start-broadcast-call"),
-            ("POST", "/hls/stop", "stop-broadcast-call"),
+        for method, suffix, capability, changes in [
+            ("POST", "/recordings/start", "start-record-call", True),
+            ("POST", "/recordings/stop", "stop-record-call", True),
+            ("GET", "/recordings", "list-recordings", False),
+            ("POST", "/hls/start", "start-broadcast-call", True),
+            ("POST", "/hls/stop", "stop-broadcast-call", True),
         ]
     ),
 ]
@@ -273,6 +268,9 @@ def expected(call_type: str, role: str, action: Action) -> Outcome:
         return Outcome(403, "call_in_backstage")
     if action.name == "join ended" and "join-ended-call" not in capabilities:
         return Outcome(409, "call_ended")
+    hls_start = action.name in ("go-live with hls", "/hls/start (egress)")
+    if hls_start and call_type != "livestream":  # HLS is off in the other built-in types
+        return Outcome(409, "conflict")
     return Outcome(action.status, action.code)
 
 
