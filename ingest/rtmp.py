@@ -322,6 +322,15 @@ class _Connection:
             self.closing = True
         # releaseStream, FCPublish, _checkbw, getStreamLength...: ignored, as servers do.
 
+    async def linger(self) -> None:
+        """After a refusal: send FIN after the answer and read what the client still sends
+        (briefly), so that closing does not reset the connection and lose the answer."""
+        with contextlib.suppress(Exception):
+            self.writer.write_eof()
+            async with asyncio.timeout(1):
+                while await self.reader.read(65536):
+                    pass
+
     async def close(self) -> None:
         sink, self.sink = self.sink, None
         if sink is not None:
@@ -389,6 +398,7 @@ class RtmpServer:
             logger.info("rtmp: %s stopped publishing", conn.peer)
         except PublishRefused as exc:
             logger.warning("rtmp: %s refused: %s", conn.peer, exc.reason)
+            await conn.linger()
         except (asyncio.IncompleteReadError, ConnectionError):
             logger.info("rtmp: %s disconnected", conn.peer)
         except TimeoutError:
