@@ -8,6 +8,7 @@ When the call sends no audio, silence keeps the audio track continuous (players 
 
 from __future__ import annotations
 
+import io
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -40,10 +41,34 @@ def hls_options(directory: Path, segment_seconds: float, list_size: int) -> dict
 
 # Fragments cut at every keyframe and flushed at once: a crash loses at most the fragment being
 # written (one keyframe interval), and what is on disk stays readable.
+# ``delay_moov``: the header waits for the first packet, whose in-band SPS/PPS describe
+# remuxed H.264.
 FRAGMENTED_MP4_OPTIONS = {
-    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "movflags": "frag_keyframe+empty_moov+default_base_moof+delay_moov",
     "flush_packets": "1",
 }
+
+
+def nal_types(data: bytes) -> set[int]:
+    """The NAL unit types in an Annex B access unit."""
+    types = set()
+    index = data.find(b"\x00\x00\x01")
+    while index != -1 and index + 3 < len(data):
+        types.add(data[index + 3] & 0x1F)
+        index = data.find(b"\x00\x00\x01", index + 3)
+    return types
+
+
+def is_h264_keyframe(data: bytes) -> bool:
+    types = nal_types(data)
+    return 5 in types and 7 in types  # an IDR picture with its SPS
+
+
+def h264_template(keyframe: bytes) -> tuple[Any, Any]:
+    """An input stream describing the H.264 of ``keyframe`` (size, profile), to create a
+    remuxing output stream from; and its container, to close."""
+    source = av.open(io.BytesIO(keyframe), format="h264")
+    return source, source.streams.video[0]
 
 
 class MediaWriter:
@@ -76,7 +101,9 @@ class MediaWriter:
         self.last_time = 0.0
         self._resampler: Any = None
         self._fifo: Any = None
-        self._silence_layout = "stereo"
+        # H.264 from the source is remuxed (no re-encoding); anything else is transcoded.
+        self.passthrough = False
+        self.rtp_base = 0
 
     @property
     def opened(self) -> bool:
@@ -86,31 +113,71 @@ class MediaWriter:
     def duration(self) -> float:
         return self.last_time
 
-    def _open(self, width: int, height: int, at: float) -> None:
+    def _open(self, width: int, height: int, at: float, template: Any = None) -> None:
         self.width, self.height = width - width % 2, height - height % 2
         self.t0 = at
         container = av.open(str(self.path), "w", format=self.format, options=self.options)
-        video = container.add_stream("libx264", rate=30)
-        video.width = self.width
-        video.height = self.height
-        video.pix_fmt = "yuv420p"
-        video.codec_context.time_base = VIDEO_TIME_BASE
-        video.codec_context.options = {
-            "preset": "veryfast",
-            "tune": "zerolatency",
-            "profile": "high",
-        }
-        video.codec_context.gop_size = 600  # keyframes come from the clock, see video()
+        if template is not None:
+            video = container.add_stream_from_template(template)
+            video.time_base = VIDEO_TIME_BASE
+            self.passthrough = True
+        else:
+            video = container.add_stream("libx264", rate=30)
+            video.width = self.width
+            video.height = self.height
+            video.pix_fmt = "yuv420p"
+            video.codec_context.time_base = VIDEO_TIME_BASE
+            video.codec_context.options = {
+                "preset": "veryfast",
+                "tune": "zerolatency",
+                "profile": "high",
+            }
+            video.codec_context.gop_size = 600  # keyframes come from the clock, see video()
         audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
         audio.codec_context.bit_rate = 128_000
         self.container, self.video_stream, self.audio_stream = container, video, audio
         self._resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
         self._fifo = av.AudioFifo()
 
+    def h264(self, data: bytes, rtp_timestamp: int, at: float) -> bool:
+        """Remux one H.264 access unit (Annex B, as depayloaded from RTP) without decoding.
+        Returns ``False`` while waiting for the first keyframe (and when transcoding)."""
+        keyframe = is_h264_keyframe(data)
+        if self.container is None:
+            if not keyframe:
+                return False
+            source, template = h264_template(data)
+            try:
+                self._open(
+                    template.codec_context.width, template.codec_context.height, at, template
+                )
+            finally:
+                source.close()
+            self.rtp_base = rtp_timestamp
+        elif not self.passthrough:
+            return False
+        assert self.t0 is not None
+        pts = max(self.last_video_pts + 1, rtp_timestamp - self.rtp_base)
+        self.last_video_pts = pts
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = VIDEO_TIME_BASE
+        packet.is_keyframe = keyframe
+        packet.stream = self.video_stream
+        self.container.mux(packet)
+        self.video_frames += 1
+        elapsed = at - self.t0
+        self.last_time = max(self.last_time, elapsed)
+        if at - self.last_audio_arrival > AUDIO_QUIET_SECONDS:
+            self._silence_until(elapsed - AUDIO_SLACK_SECONDS)
+        return True
+
     def video(self, frame: Any, at: float) -> None:
         """Encode one decoded video frame that arrived at ``at`` (monotonic seconds)."""
         if self.container is None:
             self._open(frame.width, frame.height, at)
+        if self.passthrough:
+            return  # the source switched codecs: keep the remuxed stream's format
         assert self.t0 is not None
         elapsed = at - self.t0
         pts = max(self.last_video_pts + 1, round(elapsed / VIDEO_TIME_BASE))
@@ -173,7 +240,10 @@ class MediaWriter:
         if self.container is None:
             return
         try:
-            for stream in (self.video_stream, self.audio_stream):
+            streams = (
+                [self.audio_stream] if self.passthrough else [self.video_stream, self.audio_stream]
+            )
+            for stream in streams:
                 for packet in stream.encode(None):
                     self.container.mux(packet)
         finally:
@@ -181,11 +251,16 @@ class MediaWriter:
             self.container = None
 
 
+# Between two parts (a worker died and another took over): one frame's time.
+PART_GAP_SECONDS = 0.04
+
+
 def remux_parts(parts: list[Path], output: Path) -> float:
     """Join recording parts (fragmented MP4s, readable even if cut short) into one plain MP4
     with its index at the front; returns the media duration in seconds."""
     out = av.open(str(output), "w", format="mp4", options={"movflags": "+faststart"})
     streams: dict[str, Any] = {}
+    last_dts: dict[str, float] = {}
     offset = 0.0
     try:
         for part in parts:
@@ -209,12 +284,17 @@ def remux_parts(parts: list[Path], output: Path) -> float:
                         packet.pts += shift
                     last = (packet.pts or packet.dts) + (packet.duration or 0)
                     end = max(end, float(last * tb))
-                    packet.stream = streams[packet.stream.type]
+                    kind = packet.stream.type
+                    seconds = float(packet.dts * tb)
+                    if seconds <= last_dts.get(kind, -1.0):
+                        continue  # muxers need increasing timestamps (a part cut short)
+                    last_dts[kind] = seconds
+                    packet.stream = streams[kind]
                     out.mux(packet)
-                offset = end
+                offset = end + PART_GAP_SECONDS
     finally:
         out.close()
-    return offset
+    return max(0.0, offset - PART_GAP_SECONDS)
 
 
 def probe_duration(path: Path) -> float:

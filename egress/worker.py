@@ -42,6 +42,31 @@ MASTER_PLAYLIST = "master.m3u8"
 MEDIA_PLAYLIST = "index.m3u8"
 
 
+class RemuxTap:
+    """Stands in for an aiortc receiver's decoder queue: H.264 frames go to the writer as they
+    are (remuxed, never decoded); other codecs (VP8) go on to the decoder and are transcoded."""
+
+    def __init__(self, inner: Any, writer: MediaWriter, failures: list[BaseException]) -> None:
+        self.inner = inner
+        self.writer = writer
+        self.failures = failures
+
+    def put(self, item: Any) -> None:
+        if item is not None:
+            codec, encoded = item
+            writer = self.writer
+            if codec.name == "H264" and (not writer.opened or writer.passthrough):
+                try:
+                    writer.h264(bytes(encoded.data), int(encoded.timestamp), time.monotonic())
+                except Exception as exc:
+                    self.failures.append(exc)
+                return
+        self.inner.put(item)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class EgressError(Exception):
     """A job cannot go on (reported as ``failed``)."""
 
@@ -226,6 +251,12 @@ class EgressWorker:
         try:
             offer = await conn.request({"type": "subscribe"}, "subscribe_offer")
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "video":
+                    receiver: Any = transceiver.receiver
+                    receiver._RTCRtpReceiver__decoder_queue = RemuxTap(
+                        receiver._RTCRtpReceiver__decoder_queue, writer, failures
+                    )
             await pc.setLocalDescription(await pc.createAnswer())
             await conn.request({"type": "subscribe_answer", "sdp": pc.localDescription.sdp}, "ack")
             next_keyframe_request = 0.0
@@ -240,6 +271,8 @@ class EgressWorker:
                     with contextlib.suppress(Exception):
                         await conn.request_keyframe()
                 await on_progress()
+                if failures:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), PROGRESS_SECONDS)
         finally:

@@ -60,6 +60,10 @@ async def test_hls_plays_while_live_and_stops(stack: Embedded, codec: str) -> No
                 assert video and audio
                 assert (video[0]["codec_name"], audio[0]["codec_name"]) == ("h264", "aac")
                 assert (video[0]["width"], video[0]["height"]) == (WIDTH, HEIGHT)
+                # H.264 is remuxed as the publisher encoded it (aiortc: Constrained Baseline);
+                # VP8 is transcoded by the worker (libx264, High).
+                remuxed = "Baseline" in video[0]["profile"]
+                assert remuxed == (codec == "H264"), video[0]["profile"]
                 seg_url = media_url.rsplit("/", 1)[0] + "/" + first[-1]
                 assert await decodes(seg_url) >= 10  # 1 s segments of 30 fps video
 
