@@ -124,7 +124,11 @@ class FlvToTracks:
         self._aac: Any = None
         self._resampler: Any = None
         self._audio_samples = 0
-        self._video_in: asyncio.Queue[tuple[bytes, int, int] | None] = asyncio.Queue()
+        self.bridging = False
+        self.keyframes_bridged = 0
+        self._video_in: asyncio.Queue[tuple[str, tuple[bytes, int, int] | None] | None] = (
+            asyncio.Queue()
+        )
         self._audio_in: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
         self._tasks = [
             asyncio.create_task(self._video_pump()),
@@ -180,8 +184,8 @@ class FlvToTracks:
                 self.profile,
             )
             self.transcoding = True
-            for cached in self.gop[:-1]:  # start the decoder at the last keyframe
-                self._video_in.put_nowait(cached)
+            self.bridging = False
+            self._start_decoder(self.gop[:-1])  # those were sent already: decode, not send
         if self.transcoding:
             if keyframe and self._video_in.qsize() > MAX_DECODE_BACKLOG:
                 # Decoding fell behind (CPU starved): skip the backlog, restart here.
@@ -191,22 +195,62 @@ class FlvToTracks:
                     dropped += 1
                 self.dropped_frames += dropped
                 logger.warning("ingest %s: decoder behind, %d frames skipped", self.label, dropped)
-            self._video_in.put_nowait(item)
+                self._video_in.put_nowait(("reset", None))
+            self._video_in.put_nowait(("decode", item))
+        elif self.bridging and not keyframe:
+            self._video_in.put_nowait(("decode", item))
         else:
-            packet = av.Packet(item[0])
-            packet.pts = item[1]
-            packet.dts = item[2]
-            packet.time_base = MS
-            self.video_frames += 1
-            self.video.put(packet)
+            if self.bridging:
+                logger.info("ingest %s: the encoder's keyframe: forwarding as is again", self.label)
+            self.bridging = False
+            self._video_in.put_nowait(("pass", item))
+
+    def request_keyframe(self) -> None:
+        """A viewer lost the picture (PLI/FIR reached the publisher's sender).
+
+        Transcoding: aiortc's encoder makes the next frame a keyframe by itself. Passthrough:
+        the encoder on the far side of RTMP cannot be asked, so decode the cached keyframe
+        group up to the current frame and re-encode from there (aiortc's encoder starts with
+        a keyframe) until the encoder's next keyframe, which is forwarded as is again."""
+        if self.transcoding or self.bridging or not self.gop:
+            return
+        self.bridging = True
+        self.keyframes_bridged += 1
+        logger.info(
+            "ingest %s: keyframe requested; re-encoding from the cached group (%d frames) "
+            "until the encoder's next keyframe",
+            self.label,
+            len(self.gop),
+        )
+        self._start_decoder(self.gop)
+
+    def _start_decoder(self, cached: list[tuple[bytes, int, int]]) -> None:
+        self._video_in.put_nowait(("reset", None))
+        for item in cached:
+            self._video_in.put_nowait(("prime", item))
 
     async def _video_pump(self) -> None:
         loop = asyncio.get_running_loop()
-        while (item := await self._video_in.get()) is not None:
+        while (entry := await self._video_in.get()) is not None:
+            action, item = entry
+            if action == "reset":
+                self._decoder = None
+                continue
+            assert item is not None
+            if action == "pass":
+                packet = av.Packet(item[0])
+                packet.pts = item[1]
+                packet.dts = item[2]
+                packet.time_base = MS
+                self.video_frames += 1
+                self.video.put(packet)
+                continue
             try:
                 frames = await loop.run_in_executor(None, self._decode_video, item)
             except Exception as exc:
                 logger.warning("ingest %s: H.264 decode failed: %s", self.label, exc)
+                continue
+            if action == "prime":
                 continue
             for frame in frames:
                 self.video_frames += 1
@@ -215,6 +259,7 @@ class FlvToTracks:
     def _decode_video(self, item: tuple[bytes, int, int]) -> list[Any]:
         if self._decoder is None:
             self._decoder = av.CodecContext.create("h264", "r")
+            self._decoder.options = {"flags": "low_delay"} if not self.transcoding else {}
         packet = av.Packet(item[0])
         packet.pts = item[1]
         packet.dts = item[2]

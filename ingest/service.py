@@ -47,6 +47,17 @@ class IngestSession:
 
     async def publish(self) -> None:
         await self.conn.publish(self.media.audio, self.media.video, video_codec="h264")
+        pc = self.conn.publisher_pc
+        for sender in pc.getSenders() if pc is not None else []:
+            if sender.kind == "video":
+                # aiortc notes a PLI/FIR by calling this; it only acts on it when it encodes.
+                original = sender._send_keyframe
+
+                def send_keyframe(original: Any = original) -> None:
+                    original()
+                    self.media.request_keyframe()
+
+                sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
 
     async def close(self) -> None:
         self.service.sessions.discard(self)

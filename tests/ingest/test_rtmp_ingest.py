@@ -195,3 +195,24 @@ async def test_stagecast_ingest_command_runs_a_separate_ingest(stack: Stack) -> 
     logged = (await process.stderr.read()).decode(errors="replace")
     assert "publishing" in logged
     assert stack.key("host", call_id).split(".")[-1] not in logged
+
+
+async def test_keyframe_request_in_passthrough_is_bridged_from_the_gop_cache(stack: Stack) -> None:
+    """RTMP cannot ask the encoder for a keyframe: a PLI makes the ingest decode its cached
+    keyframe group and re-encode (keyframe first) until the encoder's next keyframe."""
+    call_id = await stack.new_show()
+    viewer = await stack.viewer("alice", call_id)
+    await stack.ffmpeg(stack.key("host", call_id), video=("-bf", "0", "-g", "90"))
+    assert viewer.viewer is not None
+    await viewer.viewer.wait_video_frames(20, timeout=20)
+    (session,) = stack.ingest.sessions
+    assert not session.media.transcoding
+    await asyncio.sleep(1.0)  # into the 3 s keyframe group
+    await viewer.request_keyframe()
+    await wait_until(lambda: session.media.keyframes_bridged >= 1, "a bridged keyframe", 10)
+    await wait_until(lambda: not session.media.bridging, "passthrough again", 10)
+    before = viewer.viewer.video_frames
+    await wait_until(lambda: viewer.viewer.video_frames > before + 30, "frames after", 10)
+    assert (viewer.viewer.width, viewer.viewer.height) == (640, 360)
+    assert not session.media.transcoding
+    await viewer.close()
