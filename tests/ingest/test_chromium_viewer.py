@@ -48,7 +48,7 @@ window.stats = async () => {
   (await window.pc.getStats()).forEach((s) => {
     if (s.type === "inbound-rtp") out[s.kind] = {framesDecoded: s.framesDecoded,
       width: s.frameWidth, height: s.frameHeight, packets: s.packetsReceived,
-      samples: s.totalSamplesReceived, codec: s.codecId};
+      samples: s.totalSamplesReceived, codec: s.codecId, keyFrames: s.keyFramesDecoded};
   });
   const v = document.getElementById("v");
   out.element = {width: v.videoWidth, height: v.videoHeight};
@@ -108,5 +108,22 @@ async def test_chromium_plays_rtmp_ingest(
     assert stats["element"] == {"width": 640, "height": 360}, stats
     (session,) = stack.ingest.sessions
     assert session.media.transcoding is transcoding
+    if not transcoding:
+        # A keyframe request bridged from the GOP cache (baseline re-encode, then the source's
+        # high profile again at its next keyframe): Chromium keeps decoding through both
+        # switches.
+        frames, keyframes = stats["video"]["framesDecoded"], stats["video"]["keyFrames"]
+        session.media.request_keyframe()
+        assert session.media.bridging
+        for _ in range(100):
+            if not session.media.bridging:
+                break
+            await asyncio.sleep(0.1)
+        assert not session.media.bridging
+        await asyncio.sleep(1.5)
+        after = (await page.evaluate("window.stats()"))["video"]
+        assert after["keyFrames"] >= keyframes + 2, (stats, after)
+        assert after["framesDecoded"] >= frames + 40, (stats, after)
+        assert (after["width"], after["height"]) == (640, 360)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(context.close(), 5)
