@@ -77,7 +77,9 @@ def create_embedded_app(
             return
         from ingest import IngestService
 
-        ingest = IngestService(settings.base_url, keyring, port=settings.rtmp_port)
+        ingest = IngestService(
+            settings.base_url, keyring, host=settings.host, port=settings.rtmp_port
+        )
         app.state.ingest = ingest
         try:
             await ingest.start()
