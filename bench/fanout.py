@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._machine import describe, format_machine  # noqa: E402
+from stagecast.loadtest.process import WorkerProcess  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 STAGECAST = str(ROOT / ".venv" / "bin" / "stagecast")
@@ -154,80 +155,12 @@ def free_port() -> int:
 # -- processes --------------------------------------------------------------------------------
 
 
-class Worker:
-    """One ``_fanout_worker.py`` process, driven by JSON lines."""
+class Worker(WorkerProcess):
+    """One ``_fanout_worker.py`` process, driven by JSON lines (``stagecast.loadtest.process``)."""
 
     def __init__(self, name: str, logdir: Path) -> None:
-        self.name = name
-        self.logfile = logdir / f"{name}.log"
-        self.process: asyncio.subprocess.Process | None = None
-        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.ids = 0
-        self.reader: asyncio.Task[None] | None = None
+        super().__init__(name, [PYTHON, WORKER], logdir / f"{name}.log")
         self.viewers = 0
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    async def start(self, env: dict[str, str]) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            PYTHON, WORKER,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=self.logfile.open("wb"), env=env, start_new_session=True, limit=2**26,
-        )  # fmt: skip
-        self.reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        while True:
-            line = await self.process.stdout.readline()
-            if not line:
-                break
-            msg = json.loads(line)
-            future = self.pending.pop(msg.get("id"), None)
-            if future is not None and not future.done():
-                future.set_result(msg)
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(
-                    RuntimeError(f"{self.name} exited:\n{self.logfile.read_text()[-2000:]}")
-                )
-
-    async def call(self, cmd: str, call_timeout: float = 120, **fields: Any) -> dict[str, Any]:
-        assert self.process is not None and self.process.stdin is not None
-        self.ids += 1
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.pending[self.ids] = future
-        self.process.stdin.write(
-            (json.dumps({"cmd": cmd, "id": self.ids, **fields}) + "\n").encode()
-        )
-        await self.process.stdin.drain()
-        reply = await asyncio.wait_for(future, call_timeout)
-        if not reply.get("ok"):
-            raise RuntimeError(f"{self.name} {cmd}: {reply.get('error')}")
-        return reply
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(Exception):
-            assert process.stdin is not None
-            process.stdin.write(b'{"cmd": "exit"}\n')
-            await process.stdin.drain()
-        try:
-            await asyncio.wait_for(process.wait(), 20)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 5)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
 
 
 class Service:

@@ -113,6 +113,11 @@ def step(url: str, server_pid: int, n: int, args: argparse.Namespace) -> dict[st
         "viewers": n,
         "connected": report["phases"]["total"]["viewers"]["connected"],
         "loss_percent": steady["loss_percent"]["total"],
+        "loss_percent_video_audio": [
+            steady["loss_percent"]["video"],
+            steady["loss_percent"]["audio"],
+        ],
+        "worker_cpu_seconds": report["machine"]["worker_cpu_seconds"],
         "steady_s": steady["duration_s"],
         "per_viewer_kbps": steady["bitrate_kbps"]["per_viewer"],
         "publisher_kbps": steady["bitrate_kbps"]["publisher"],
@@ -134,6 +139,15 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     xs = [r["viewers"] for r in results]
     ax.plot(xs, [r["server_cpu_percent"] for r in results], "o-", label="server CPU (% of a core)")
+    for r in results:
+        if not r["held"]:
+            ax.annotate(
+                "loss ≥ limit",
+                (r["viewers"], r["server_cpu_percent"]),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(-20, 8),
+            )
     ax.set_xlabel("viewers")
     ax.set_ylabel("stagecast serve CPU, % of one core")
     ax.grid(alpha=0.3)
@@ -141,7 +155,11 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax2.plot(xs, [r["loss_percent"] for r in results], "s--", color="tab:red", label="loss %")
     ax2.set_ylabel("loss %", color="tab:red")
     loads = ", ".join(f"{r['viewers']}: {r['load_average'][0]:.1f}" for r in results)
-    ax.set_title(f"SFU CPU vs viewers ({os.cpu_count()} cores; load avg {loads})", fontsize=8)
+    ax.set_title(
+        f"stagecast serve CPU vs viewers, 1 publisher ~1.15 Mbit/s ({os.cpu_count()} cores)\n"
+        f"1-min load average per step: {loads}",
+        fontsize=8,
+    )
     fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -157,7 +175,22 @@ def main() -> int:
     parser.add_argument("--max-loss", type=float, default=0.5)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        nargs="+",
+        help="only merge these --json files (all their steps, by N) into --json/--plot",
+    )
     args = parser.parse_args()
+    if args.replot:
+        merged = [r for path in args.replot for r in json.loads(path.read_text())["results"]]
+        merged.sort(key=lambda r: (r["viewers"], r["loss_percent"]))
+        best = max((r["viewers"] for r in merged if r["held"]), default=0)
+        if args.json:
+            args.json.write_text(json.dumps({"results": merged, "sustained": best}, indent=2))
+        if args.plot:
+            plot(merged, args.plot)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="stagecast-capacity-"))
     port = free_port()
     server = start_server(tmp / "data", port, tmp / "serve.log")
