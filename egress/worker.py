@@ -331,14 +331,19 @@ class EgressWorker:
         failure: BaseException | None = None
         try:
             await self._capture(job, writer, stop, progress)
-        except EgressError as exc:
+        except Exception as exc:  # what was written is still joined and kept
             failure = exc
         finally:
             await asyncio.to_thread(writer.close)
         if lost.is_set():
             return
         await self._report(job, "stopped")
-        await self._finalize(job)
+        try:
+            await self._finalize(job)
+        except EgressError:
+            if failure is not None:
+                raise failure from None  # the cause, not its consequence
+            raise
         if failure is not None:
             raise failure
 
