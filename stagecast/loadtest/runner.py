@@ -563,6 +563,9 @@ def main(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"stagecast loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before the run's own SIGINT handler was in place
+        print("stagecast loadtest: interrupted before the run started", file=sys.stderr)
+        return EXIT_INTERRUPTED
     table = summary_table(report)
     if config.json_output:
         print(table, file=sys.stderr)

@@ -169,3 +169,19 @@ async def test_token_file(server: Server, tmp_path: Path) -> None:
     assert report["target"]["call_cid"] == "livestream:from-file"
     assert report["phases"]["total"]["viewers"]["connected"] == 3
     assert report["phases"]["total"]["packets"]["video_packets"] > 0
+
+
+async def test_sigint_during_setup(server: Server) -> None:
+    """Interrupted before the viewers start: still a summary, no worker left behind."""
+    code, stdout, stderr = await loadtest(
+        *credentials(server), "--publish", "--viewers", "3", "--duration", "60", "--json",
+        interrupt_after=1.0,
+    )  # fmt: skip
+    assert code == 130, stderr
+    report = validated(stdout)
+    assert report["interrupted"] is True
+    assert "(interrupted)" in stderr
+    for line in stderr.splitlines():
+        if "worker pid" in line:
+            with pytest.raises(ProcessLookupError):
+                os.kill(int(line.split()[-1]), 0)
