@@ -368,6 +368,10 @@ class RtmpServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
 

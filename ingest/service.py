@@ -91,6 +91,8 @@ class IngestService:
         self.timeout = timeout
         self.server = RtmpServer(self.authorize, host, port)
         self.sessions: set[IngestSession] = set()
+        self.accepted = 0
+        self.refused = 0
 
     @property
     def port(self) -> int:
@@ -103,6 +105,15 @@ class IngestService:
         await self.server.stop()
 
     async def authorize(self, app: str, key: str, peer: str) -> MediaSink:
+        try:
+            session = await self._authorize(key, peer)
+        except PublishRefused:
+            self.refused += 1
+            raise
+        self.accepted += 1
+        return session
+
+    async def _authorize(self, key: str, peer: str) -> IngestSession:
         try:
             principal = self.keyring.principal(key)
         except TokenError as exc:
@@ -152,20 +163,3 @@ class IngestService:
         self.sessions.add(session)
         logger.info("ingest %s: publishing", label)
         return session
-
-
-async def run_ingest(api_url: str, keyring: KeyRing, host: str, port: int) -> None:
-    """``stagecast ingest``: serve RTMP until SIGINT/SIGTERM, then disconnect publishers."""
-    import signal
-
-    service = IngestService(api_url, keyring, host=host, port=port)
-    await service.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()

@@ -77,9 +77,10 @@ def _sfu(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    import asyncio
+    import uvicorn
 
-    from ingest.service import run_ingest
+    from ingest import IngestService
+    from ingest.http import create_ingest_app
     from stagecast.embedded import configure_media_addresses
     from stagecast.tokens import KeyRing, load_api_keys
 
@@ -87,8 +88,13 @@ def _ingest(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     configure_media_addresses(settings)
     keyring = KeyRing(load_api_keys(settings))
-    # Publishers join through the coordinator at STAGECAST_PUBLIC_URL (or --public-url).
-    asyncio.run(run_ingest(settings.base_url, keyring, args.rtmp_host, settings.rtmp_port))
+    # Publishers join through the coordinator at STAGECAST_PUBLIC_URL (or --public-url);
+    # /healthz, /readyz and /metrics are served on --host/--port.
+    service = IngestService(
+        settings.base_url, keyring, host=args.rtmp_host, port=settings.rtmp_port
+    )
+    app = create_ingest_app(service)
+    uvicorn.run(app, host=settings.host, port=args.http_port, log_config=None, access_log=False)
     return 0
 
 
@@ -203,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--rtmp-port", dest="rtmp_port", type=int, help="default STAGECAST_RTMP_PORT or 1935"
     )
     ingest.add_argument("--public-url", dest="public_url", help="the coordinator's URL")
+    ingest.add_argument("--host", help="HTTP (health, metrics) address")
+    ingest.add_argument(
+        "--port", dest="http_port", type=int, default=8090, help="HTTP port (default 8090)"
+    )
     ingest.set_defaults(run=_ingest)
 
     egress = commands.add_parser("egress", help="an egress worker: HLS and recordings (Redis bus)")

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+import httpx
 import pytest
 
 from stagecast.tokens import ApiKey, KeyRing
@@ -157,7 +158,7 @@ async def test_ending_the_call_disconnects_the_publisher(stack: Stack) -> None:
 
 async def test_stagecast_ingest_command_runs_a_separate_ingest(stack: Stack) -> None:
     """``stagecast ingest`` in its own process publishes through the coordinator's API."""
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = {
         **os.environ,
         "STAGECAST_API_KEY": API_KEY,
@@ -168,7 +169,7 @@ async def test_stagecast_ingest_command_runs_a_separate_ingest(stack: Stack) -> 
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "stagecast.cli", "ingest",
-        "--rtmp-host", "127.0.0.1", "--rtmp-port", str(port),
+        "--rtmp-host", "127.0.0.1", "--rtmp-port", str(port), "--port", str(http_port),
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stack.processes.append(process)
@@ -189,6 +190,13 @@ async def test_stagecast_ingest_command_runs_a_separate_ingest(stack: Stack) -> 
     assert (viewer.viewer.width, viewer.viewer.height) == (640, 360)
     assert "host" in str(await stack.api().participants(CALL_TYPE, call_id))
     assert not stack.ingest.sessions  # the embedded ingest took no part
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        metrics = (await http.get("/metrics")).text
+        assert "stagecast_ingest_publishers 1.0" in metrics
+        assert "stagecast_ingest_accepted 1.0" in metrics
     await viewer.close()
     await stop_process(process)
     assert process.stderr is not None
