@@ -42,6 +42,17 @@ MASTER_PLAYLIST = "master.m3u8"
 MEDIA_PLAYLIST = "index.m3u8"
 
 
+async def cancel_until_done(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until every task has stopped: a cancellation that lands as a Redis reply
+    completes can be swallowed (redis-py on Python 3.11), and one cancel() would then leave a
+    loop running."""
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1.0)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class RemuxTap:
     """Stands in for an aiortc receiver's decoder queue: H.264 frames go to the writer as they
     are (remuxed, never decoded); other codecs (VP8) go on to the decoder and are transcoded."""
@@ -117,8 +128,7 @@ class EgressWorker:
         """Stop taking jobs and drop the running ones without completing them: their leases
         expire and another worker takes them again."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_until_done([self._task])
             self._task = None
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
@@ -138,10 +148,7 @@ class EgressWorker:
                         self.jobs[job.id] = task
                         task.add_done_callback(self._forget(job.id))
             finally:
-                tasks = [listener, *self.jobs.values()]
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await cancel_until_done([listener, *self.jobs.values()])
 
     def _forget(self, job_id: str) -> Any:
         def forget(_task: asyncio.Task[None]) -> None:
