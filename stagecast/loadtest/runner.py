@@ -297,6 +297,7 @@ class Run:
                     api_url=c.url,
                     call_type=c.call_type,
                     call_id=c.call_id,
+                    measure_latency=c.publish and not c.file,
                     viewers=batch,
                 )
                 for w, batch in zip(self.workers, batches, strict=True)

@@ -6,9 +6,10 @@
 - ``publish {api_url, call_type, call_id, token, codec, width, height, fps, bitrate}``: join
   and publish :class:`~.media.TimestampVideoTrack` (+ a tone) or a file (``file``).
 - ``publisher_stats``: frames made and bytes the senders sent (cumulative).
-- ``join {api_url, call_type, call_id, viewers: [{name, token, at, mode}]}``: start each
-  viewer at wall-clock ``at`` (``thin``: RTP counted at the socket; ``full``: decoded, with
-  the burned-in timestamp read from every frame); answers at once.
+- ``join {api_url, call_type, call_id, measure_latency, viewers: [{name, token, at, mode}]}``:
+  start each viewer at wall-clock ``at`` (``thin``: RTP counted at the socket; ``full``:
+  decoded, with the burned-in timestamp read from every frame when ``measure_latency``,
+  i.e. when the source is ours); answers at once.
 - ``stats``: cumulative counters, plus first-frame times and latency samples gathered since
   the previous ``stats`` (each reported once).
 - ``close``: every viewer leaves, the publisher too.
@@ -65,9 +66,10 @@ def error_code(exc: BaseException) -> str:
 class LatencyViewer(Viewer):
     """A decoding viewer that reads the burned-in timestamp of every decoded frame."""
 
-    def __init__(self, pc: RTCPeerConnection, samples: list[float]) -> None:
+    def __init__(self, pc: RTCPeerConnection, samples: list[float], measure: bool = True) -> None:
         super().__init__(pc, "decode")
         self.samples = samples
+        self.measure = measure  # only our own synthetic source carries the timestamp
 
     async def _consume(self, track: Any) -> None:
         try:
@@ -81,7 +83,7 @@ class LatencyViewer(Viewer):
                     self.first_frame_at = time.monotonic()
                 self.video_frames += 1
                 self.width, self.height = frame.width, frame.height
-                latency = frame_latency_ms(frame, now)
+                latency = frame_latency_ms(frame, now) if self.measure else None
                 if latency is not None and len(self.samples) < 100_000:
                     self.samples.append(latency)
         except (MediaStreamError, asyncio.CancelledError):
@@ -140,7 +142,13 @@ class LoadViewer:
         return (0, 0, 0, 0, 0, 0, 0.0)
 
     async def run(
-        self, api_url: str, call_type: str, call_id: str, token: str, samples: list[float]
+        self,
+        api_url: str,
+        call_type: str,
+        call_id: str,
+        token: str,
+        samples: list[float],
+        measure_latency: bool = True,
     ) -> None:
         self.started_at = time.monotonic()
         async with ApiClient(api_url, token, timeout=STEP_TIMEOUT) as api:
@@ -153,7 +161,7 @@ class LoadViewer:
             timeout=STEP_TIMEOUT,
         )
         if self.kind == "full":
-            viewer = LatencyViewer(RTCPeerConnection(conn.rtc_config), samples)
+            viewer = LatencyViewer(RTCPeerConnection(conn.rtc_config), samples, measure_latency)
             self.decoder = viewer
             conn.viewer = viewer
             offer = await conn.request({"type": "subscribe"}, "subscribe_offer", STEP_TIMEOUT)
@@ -274,7 +282,14 @@ class Worker:
     ) -> None:
         await asyncio.sleep(max(0.0, at - time.time()))
         try:
-            await viewer.run(msg["api_url"], msg["call_type"], msg["call_id"], token, self.samples)
+            await viewer.run(
+                msg["api_url"],
+                msg["call_type"],
+                msg["call_id"],
+                token,
+                self.samples,
+                bool(msg.get("measure_latency", True)),
+            )
         except Exception as exc:
             code = error_code(exc)
             viewer.error = code

@@ -185,3 +185,40 @@ async def test_sigint_during_setup(server: Server) -> None:
         if "worker pid" in line:
             with pytest.raises(ProcessLookupError):
                 os.kill(int(line.split()[-1]), 0)
+
+
+async def test_h264_publisher(server: Server) -> None:
+    code, stdout, stderr = await loadtest(
+        *credentials(server), "--publish", "--codec", "h264", "--viewers", "3",
+        "--duration", "5", "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    total = validated(stdout)["phases"]["total"]
+    assert total["viewers"]["connected"] == 3
+    assert total["packets"]["video_packets"] > 0
+    assert total["latency_ms"]["count"] > 0
+
+
+async def test_file_source(server: Server, tmp_path: Path) -> None:
+    """A media file instead of the synthetic source: media flows, no latency is claimed."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    media = tmp_path / "clip.webm"
+    ffmpeg = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+        "-t", "3", "-c:v", "libvpx", "-b:v", "300k", str(media),
+    )  # fmt: skip
+    assert await ffmpeg.wait() == 0
+    code, stdout, stderr = await loadtest(
+        *credentials(server), "--file", str(media), "--viewers", "2", "--duration", "4",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    report = validated(stdout)
+    assert report["config"]["publish"]["file"] == str(media)
+    total = report["phases"]["total"]
+    assert total["viewers"]["connected"] == 2
+    assert total["packets"]["video_packets"] > 0
+    assert total["latency_ms"]["count"] == 0
