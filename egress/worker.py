@@ -226,6 +226,8 @@ class EgressWorker:
         self, job: Job, writer: MediaWriter, stop: asyncio.Event, on_progress: Any
     ) -> None:
         """Receive the call's media into ``writer`` until ``stop`` (or the call ends)."""
+        if stop.is_set():
+            return  # stopped before it ran (or taken over after a stop): nothing to receive
         payload = job.payload
         segment_seconds = float(payload.get("segment_seconds", 1.0))
         node = choose_node(await live_nodes(self.bus), str(payload["cid"]))
