@@ -342,6 +342,18 @@ def _user_dict(user: User | None, user_id: str, fallback_time: datetime) -> dict
     }
 
 
+async def _egress_state(
+    coordinator: Coordinator, db: AsyncSession, cid: str, hot: bool
+) -> dict[str, Any]:
+    """``call.egress``; on the join path shared among joiners like the session's counts."""
+    state = coordinator.egress_cache.get(cid) if hot else None
+    if state is None:
+        state = await egress.egress_state(coordinator, db, cid)
+        if hot:
+            coordinator.egress_cache.put(cid, state)
+    return state
+
+
 async def call_response(
     coordinator: Coordinator, db: AsyncSession, context: CallContext, *, hot: bool = False
 ) -> dict[str, Any]:
@@ -371,7 +383,7 @@ async def call_response(
             "ended_at": call.ended_at,
             "settings": context.settings,
             "session": session,
-            "egress": await egress.egress_state(coordinator, db, call.cid),
+            "egress": await _egress_state(coordinator, db, call.cid, hot),
             "ingress": {
                 "rtmp": {"address": f"rtmp://{host}:{coordinator.settings.rtmp_port}/live"},
                 "whip": {"url": f"{base_url}{path}/whip"},

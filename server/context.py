@@ -56,6 +56,10 @@ class Coordinator:
     session_cache: TtlCache[dict[str, Any] | None] = field(
         default_factory=lambda: TtlCache(SESSION_CACHE_SECONDS)
     )
+    # ...and its egress state (changes with call.hls_* / call.recording_* events).
+    egress_cache: TtlCache[dict[str, Any]] = field(
+        default_factory=lambda: TtlCache(SESSION_CACHE_SECONDS)
+    )
 
     def forget(self, event: Message) -> None:
         """Drop what the caches hold about the call an event concerns."""
@@ -63,6 +67,7 @@ class Coordinator:
         if isinstance(cid, str):
             self.call_cache.discard(cid)
             self.session_cache.discard(cid)
+            self.egress_cache.discard(cid)
 
     async def sfu_nodes(self) -> list[NodeInfo]:
         """The live SFU nodes, read from the registry at most once per
