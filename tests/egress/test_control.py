@@ -3,6 +3,9 @@ stop that reaches a job before any worker claimed it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,15 @@ async def test_a_stop_reaches_a_job_no_worker_had_claimed(tmp_path: Path) -> Non
             finally:
                 await worker.stop()
         assert not events.of("call.hls_started")
+
+
+def test_egress_command_needs_the_redis_bus(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STAGECAST_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "stagecast.cli", "egress", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and "STAGECAST_REDIS_URL" in done.stderr

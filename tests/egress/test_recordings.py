@@ -203,3 +203,60 @@ async def test_kill_9_mid_recording_keeps_the_partial_and_resumes(tmp_path: Path
         await bus.close()
         await flush.flushdb()
         await flush.aclose()
+
+
+async def test_kill_9_mid_hls_goes_on_in_the_same_playlist(tmp_path: Path) -> None:
+    need_ffprobe()
+    require(port_open("127.0.0.1", 6379), "Redis is not running on 127.0.0.1:6379")
+    redis_url = REDIS_URL.rsplit("/", 1)[0] + "/14"
+    flush = aioredis.Redis.from_url(redis_url)
+    await flush.flushdb()
+    bus = RedisBus(redis_url)
+    worker = _spawn_worker(tmp_path, redis_url)
+    try:
+        async with run_stack(tmp_path, bus=bus, egress_worker=False) as stack:
+            call_id, host = await stack.new_show()
+            async with event_log(stack.bus) as events, httpx.AsyncClient(timeout=10) as http:
+                conn = await publish_host(stack, call_id, "VP8")
+                try:
+                    url = (await host.request("POST", f"{BASE}/{call_id}/hls/start"))[
+                        "playlist_url"
+                    ]
+                    media_url = url.rsplit("/", 1)[0] + "/index.m3u8"
+                    await wait_status(stack, call_id, "hls", "running", timeout=30)
+                    await asyncio.sleep(2.0)
+                    worker.send_signal(signal.SIGKILL)
+                    await asyncio.to_thread(worker.wait, 10)
+                    before = (await http.get(media_url)).text
+                    assert "#EXT-X-ENDLIST" not in before
+
+                    rescuer = EgressWorker(RedisBus(redis_url), default_storage(tmp_path))
+                    await rescuer.start()
+                    try:
+                        await events.wait("call.hls_started", 2, timeout=30)
+                        await asyncio.sleep(2.5)
+                        after = (await http.get(media_url)).text
+                        # the media sequence keeps growing: players reloading it go on
+                        sequence = [
+                            int(line.split(":")[1])
+                            for text in (before, after)
+                            for line in text.splitlines()
+                            if line.startswith("#EXT-X-MEDIA-SEQUENCE")
+                        ]
+                        assert sequence[1] > sequence[0], (before, after)
+                        probe = await ffprobe(url)
+                        assert {"video", "audio"} <= set(streams(probe))
+                        await host.request("POST", f"{BASE}/{call_id}/hls/stop")
+                        await events.wait("call.hls_stopped", timeout=30)
+                    finally:
+                        await rescuer.stop()
+                        await rescuer.bus.close()
+                finally:
+                    await conn.close()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await bus.close()
+        await flush.flushdb()
+        await flush.aclose()
