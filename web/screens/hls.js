@@ -54,18 +54,28 @@ export function hlsScreen(ctx) {
     if (call.ended_at) return say('Livestream has ended', 'ended');
     if (egress.status !== 'running' || !egress.playlist_url) return say('HLS is not running for this call', 'not-running');
     const url = new URL(egress.playlist_url, location.href).toString();
+    // hls.js first (Media Source Extensions), native HLS only without it: Chromium answers
+    // canPlayType('application/vnd.apple.mpegurl') with "maybe" and then cannot play the stream.
+    const native = !!video.canPlayType('application/vnd.apple.mpegurl');
     try {
-      if (video.canPlayType('application/vnd.apple.mpegurl')) {
-        video.src = url;
-      } else {
-        const Hls = await loadHlsJs();
-        if (!Hls.isSupported()) throw Object.assign(new Error('This browser cannot play HLS.'), { code: 'not_supported' });
+      let Hls = null;
+      try {
+        Hls = await loadHlsJs();
+      } catch (error) {
+        if (!native) throw error;
+      }
+      if (Hls && Hls.isSupported()) {
         hls = new Hls({ lowLatencyMode: true });
         hls.on(Hls.Events.ERROR, (_event, data) => {
           if (data.fatal) errors.show(`The HLS stream failed: ${data.details || data.type}.`);
         });
         hls.loadSource(url);
         hls.attachMedia(video);
+      } else if (native) {
+        video.addEventListener('error', () => errors.show('This browser could not play the HLS stream.'), { once: true });
+        video.src = url;
+      } else {
+        throw Object.assign(new Error('This browser cannot play HLS.'), { code: 'not_supported' });
       }
       video.controls = true;
       say('', 'playing');
