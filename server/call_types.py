@@ -87,27 +87,8 @@ class CallSettings(_Strict):
 
 Grants = dict[str, list[Capability]]
 
-_HOST: list[Capability] = [
-    "read-call",
-    "join-call",
-    "join-backstage",
-    "join-ended-call",
-    "update-call",
-    "update-call-settings",
-    "update-call-members",
-    "send-audio",
-    "send-video",
-    "screenshare",
-    "go-live",
-    "end-call",
-    "start-record-call",
-    "stop-record-call",
-    "list-recordings",
-    "start-broadcast-call",
-    "stop-broadcast-call",
-    "mute-users",
-    "remove-call-member",
-]
+# Hosts may do everything to their call but create others.
+_HOST: list[Capability] = [cap for cap in get_args(Capability) if cap != "create-call"]
 _ADMIN: list[Capability] = ["create-call", *_HOST]
 _VIEWER: list[Capability] = ["create-call", "read-call", "join-call"]
 

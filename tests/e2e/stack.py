@@ -9,8 +9,6 @@ exactly as an app does: REST, join, the signalling WebSocket, WHIP/WHEP over HTT
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi.responses import HTMLResponse, Response
 
 from sfu.ice import reset_host_candidates
@@ -31,6 +28,7 @@ from stagecast.embedded import create_embedded_app
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
 from tests.server.conftest import postgres_template
+from tests.support import loopback_socket, serve, socket_url
 
 __all__ = ["postgres_template"]
 
@@ -97,34 +95,6 @@ class Embedded:
             await asyncio.sleep(0.1)
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@asynccontextmanager
-async def serve_socket(app: Any, sock: socket.socket) -> AsyncIterator[None]:
-    """Run an ASGI app with uvicorn on an already bound socket (lifespan on)."""
-    config = uvicorn.Config(
-        app, log_config=None, lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=3
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
-
-
 @asynccontextmanager
 async def run_embedded(
     data_dir: Path,
@@ -138,8 +108,8 @@ async def run_embedded(
     unless ``database_url`` is given, the in-process bus unless ``bus`` is given. With
     ``serve_pages``, the test pages of ``tests/e2e/pages`` are served at ``/e2e-pages/``
     (same origin as the API, as a web app would be)."""
-    sock = free_socket()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock = loopback_socket()
+    url = socket_url(sock)
     try:
         config = _settings(data_dir, url, database_url, settings)
     except BaseException:
@@ -157,7 +127,7 @@ async def run_embedded(
         node=app.state.sfu_node,
     )
     try:
-        async with serve_socket(app, sock):
+        async with serve(app, sock):
             await wait_ready(url, embedded.node)
             yield embedded
     finally:

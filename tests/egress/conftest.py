@@ -4,10 +4,8 @@ a host publishing synthetic media, ffprobe."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from sfu.ice import reset_host_candidates
 from stagecast.bus import Bus
@@ -28,7 +25,7 @@ from stagecast.embedded import create_embedded_app
 from stagecast.protocol import EVENTS
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
-from tests.support import require
+from tests.support import loopback_socket, require, serve, socket_url
 
 WIDTH, HEIGHT = 640, 360
 API_KEY = "egress-key"
@@ -65,33 +62,6 @@ class Embedded:
         answer = await self.api(user_id).join(CALL_TYPE, call_id)
         credentials = ApiClient.credentials(answer)
         return await SfuConnection.connect(credentials.ws_url, credentials.token)
-
-
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@asynccontextmanager
-async def serve_socket(app: Any, sock: socket.socket) -> AsyncIterator[None]:
-    config = uvicorn.Config(
-        app, log_config=None, lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=3
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
 
 
 async def wait_ready(url: str, node: Any, timeout: float = 10.0) -> None:
@@ -162,8 +132,8 @@ def decodes_sync(target: str | Path) -> int:
 async def run_stack(
     data_dir: Path, *, bus: Bus | None = None, egress_worker: bool = True
 ) -> AsyncIterator[Embedded]:
-    sock = free_socket()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock = loopback_socket()
+    url = socket_url(sock)
     config = Settings(
         api_key=API_KEY,
         api_secret=API_SECRET,
@@ -183,7 +153,7 @@ async def run_stack(
         bus=the_bus,
     )
     try:
-        async with serve_socket(app, sock):
+        async with serve(app, sock):
             await wait_ready(url, app.state.sfu_node)
             yield embedded
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from ingest import IngestService
 from sfu.ice import reset_host_candidates
@@ -24,7 +22,7 @@ from stagecast.client import ApiClient, SfuConnection
 from stagecast.embedded import create_embedded_app
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
-from tests.support import require
+from tests.support import loopback_socket, require, serve, socket_url
 
 API_KEY = "ingest-key"
 API_SECRET = "ingest-secret-0123456789abcdef-0123456789abcdef"
@@ -32,15 +30,8 @@ CALL_TYPE = "livestream"
 FFMPEG = shutil.which("ffmpeg")
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def free_port() -> int:
-    with free_socket() as sock:
+    with loopback_socket() as sock:
         return int(sock.getsockname()[1])
 
 
@@ -136,8 +127,8 @@ async def stop_process(process: asyncio.subprocess.Process) -> None:
 @asynccontextmanager
 async def run_stack(tmp_path: Path) -> AsyncIterator[Stack]:
     require(FFMPEG is not None, "ffmpeg is not installed (apt-get install ffmpeg)")
-    sock = free_socket()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock = loopback_socket()
+    url = socket_url(sock)
     rtmp_port = free_port()
     settings = Settings(
         api_key=API_KEY,
@@ -150,33 +141,22 @@ async def run_stack(tmp_path: Path) -> AsyncIterator[Stack]:
         rtmp_port=rtmp_port,
     )
     app = create_embedded_app(settings, bus=MemoryBus())
-    config = uvicorn.Config(
-        app, log_config=None, lifespan="on", ws="websockets-sansio", timeout_graceful_shutdown=3
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        node = app.state.sfu_node
-        async with httpx.AsyncClient(base_url=url) as http:
-            for _ in range(200):
-                if (await http.get("/readyz")).status_code == 200 and node.started:
-                    break
-                await asyncio.sleep(0.05)
-        ingest: IngestService = app.state.ingest
-        assert ingest.port == rtmp_port
-        stack = Stack(url, rtmp_port, KeyRing(load_api_keys(settings)), ingest)
-        try:
-            yield stack
-        finally:
-            await asyncio.gather(*(stop_process(p) for p in stack.processes))
-            await asyncio.gather(*(c.aclose() for c in stack.clients), return_exceptions=True)
+        async with serve(app, sock):
+            node = app.state.sfu_node
+            async with httpx.AsyncClient(base_url=url) as http:
+                for _ in range(200):
+                    if (await http.get("/readyz")).status_code == 200 and node.started:
+                        break
+                    await asyncio.sleep(0.05)
+            ingest: IngestService = app.state.ingest
+            assert ingest.port == rtmp_port
+            stack = Stack(url, rtmp_port, KeyRing(load_api_keys(settings)), ingest)
+            try:
+                yield stack
+            finally:
+                await asyncio.gather(*(stop_process(p) for p in stack.processes))
+                await asyncio.gather(*(c.aclose() for c in stack.clients), return_exceptions=True)
     finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
         sock.close()
         reset_host_candidates()

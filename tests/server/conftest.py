@@ -15,7 +15,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from server.app import create_app
 from server.db import upgrade
@@ -24,7 +23,7 @@ from stagecast.bus.memory import MemoryBus
 from stagecast.nodes import NodeInfo, heartbeat
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
-from tests.support import POSTGRES_URL, port_open, require
+from tests.support import POSTGRES_URL, port_open, require, serve
 
 API_KEY = "test-key"
 API_SECRET = "test-secret-0123456789abcdef-0123456789"
@@ -123,25 +122,6 @@ class Stack:
         )
         await heartbeat(self.bus, node, ttl_seconds=300)
         return node
-
-
-@asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn on a free loopback port; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises the start-up error
-            raise RuntimeError("uvicorn stopped during start-up")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @asynccontextmanager

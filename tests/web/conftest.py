@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from sfu.ice import reset_host_candidates
 from stagecast.embedded import create_embedded_app
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
-from tests.support import require
+from tests.support import loopback_socket, require, serve, socket_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screens"
@@ -58,32 +55,12 @@ class WebServer:
         return {"authorization": f"Bearer {token}"}
 
 
-@asynccontextmanager
-async def _serve_socket(app: Any, sock: socket.socket) -> AsyncIterator[None]:
-    config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=3)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 20)
-
-
 @pytest.fixture
 async def web(tmp_path: Path) -> AsyncIterator[WebServer]:
     """``create_embedded_app`` in dev mode on a pre-bound loopback port, so that the URLs it
     hands out (the SFU's ``ws_url``) name the port it really listens on."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock = loopback_socket()
+    url = socket_url(sock)
     settings = Settings(
         api_key=API_KEY,
         api_secret=API_SECRET,
@@ -95,7 +72,7 @@ async def web(tmp_path: Path) -> AsyncIterator[WebServer]:
     )
     app = create_embedded_app(settings)
     try:
-        async with _serve_socket(app, sock), httpx.AsyncClient(base_url=url, timeout=30) as http:
+        async with serve(app, sock), httpx.AsyncClient(base_url=url, timeout=30) as http:
             for _ in range(200):
                 if (await http.get("/readyz")).status_code == 200 and app.state.sfu_node.started:
                     break
