@@ -51,6 +51,7 @@ class Coordinator:
     storage: Storage | None = None
 
     _nodes_read: tuple[float, list[NodeInfo]] = (float("-inf"), [])
+    _nodes_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The hot join path's view of calls and their live sessions (see server.cache).
     call_cache: TtlCache[CallSnapshot] = field(default_factory=lambda: TtlCache(CALL_CACHE_SECONDS))
     session_cache: TtlCache[dict[str, Any] | None] = field(
@@ -73,12 +74,11 @@ class Coordinator:
         """The live SFU nodes, read from the registry at most once per
         :data:`NODE_LIST_MAX_AGE_SECONDS`: nodes heartbeat every few seconds, so every join
         reading it again would only cost time."""
-        read_at, found = self._nodes_read
-        now = time.monotonic()
-        if now - read_at > NODE_LIST_MAX_AGE_SECONDS:
-            found = await live_nodes(self.bus)
-            self._nodes_read = (now, found)
-        return found
+        if time.monotonic() - self._nodes_read[0] > NODE_LIST_MAX_AGE_SECONDS:
+            async with self._nodes_lock:  # one read for a burst of joiners, not one each
+                if time.monotonic() - self._nodes_read[0] > NODE_LIST_MAX_AGE_SECONDS:
+                    self._nodes_read = (time.monotonic(), await live_nodes(self.bus))
+        return self._nodes_read[1]
 
     def workers_alive(self) -> bool:
         return all(not task.done() for task in self.tasks)

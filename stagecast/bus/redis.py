@@ -14,6 +14,9 @@ import redis.asyncio as redis
 
 from stagecast.bus import Bus, Job, Message, Subscription, decode, directory_of, encode
 
+MAX_CONNECTIONS = 512
+POOL_TIMEOUT_SECONDS = 10.0
+
 # Re-queue expired leases, then take the oldest waiting job.
 _CLAIM = """
 local jobs, pending, leases, attempts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -63,7 +66,12 @@ class _RedisSubscription(Subscription):
 
 class RedisBus(Bus):
     def __init__(self, url: str, namespace: str = "stagecast") -> None:
-        self._redis = redis.Redis.from_url(url)
+        # Callers wait for a free connection rather than fail when a burst uses them all;
+        # every subscription holds one for its lifetime.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_SECONDS
+        )
+        self._redis = redis.Redis(connection_pool=pool)
         self._ns = namespace + ":"
         self._claim = self._redis.register_script(_CLAIM)
         self._renew = self._redis.register_script(_RENEW)
@@ -178,4 +186,4 @@ class RedisBus(Bus):
         await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
