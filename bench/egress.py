@@ -15,6 +15,7 @@ player that starts at the live edge is behind, before its own buffering).
 
     .venv/bin/python bench/egress.py
     .venv/bin/python bench/egress.py --seconds 20 --json
+    .venv/bin/python bench/egress.py --seconds 60 --codecs H264   # the remux alone, longer
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # the node's first heartbeat
         keyring = KeyRing(load_api_keys(settings))
-        for codec in ("H264", "VP8"):
+        for codec in args.codecs.split(","):
             results.append(await one_codec(url, keyring, worker.pid, codec, args))
     finally:
         worker.terminate()
@@ -180,6 +181,7 @@ if __name__ == "__main__":
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=360)
     parser.add_argument("--redis-db", type=int, default=13)
+    parser.add_argument("--codecs", default="H264,VP8", help="comma-separated: H264, VP8")
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     found = asyncio.run(main(arguments))

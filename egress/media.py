@@ -64,6 +64,15 @@ def is_h264_keyframe(data: bytes) -> bool:
     return 5 in types and 7 in types  # an IDR picture with its SPS
 
 
+def opus_decoder() -> Any:
+    """An Opus decoder giving what the AAC encoder takes (planar float, stereo, 48 kHz), so
+    decoded audio needs no conversion."""
+    decoder = av.CodecContext.create("opus", "r")
+    decoder.layout = "stereo"
+    decoder.sample_rate = AUDIO_RATE
+    return decoder
+
+
 def h264_template(keyframe: bytes) -> tuple[Any, Any]:
     """An input stream describing the H.264 of ``keyframe`` (size, profile), to create a
     remuxing output stream from; and its container, to close."""
@@ -209,8 +218,15 @@ class MediaWriter:
         elif self.audio_samples - expected > 2 * AUDIO_SLACK_SECONDS * AUDIO_RATE:
             return  # ahead of the clock (a burst after a stall): drop rather than drift
         frame.pts = None
-        for converted in self._resampler.resample(frame):
-            self._fifo.write(converted)
+        if (frame.format.name, frame.layout.name, frame.sample_rate) == (
+            "fltp",
+            "stereo",
+            AUDIO_RATE,
+        ):
+            self._fifo.write(frame)  # already what AAC takes (see opus_decoder())
+        else:
+            for converted in self._resampler.resample(frame):
+                self._fifo.write(converted)
         self._drain_audio()
 
     def _silence_until(self, seconds: float) -> None:
