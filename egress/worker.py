@@ -31,6 +31,7 @@ from egress.media import (
     remux_parts,
 )
 from egress.storage import Storage
+from sfu.hooks import drop_receive_estimator
 from stagecast.bus import Bus, Job, Message, Subscription
 from stagecast.client.sfu import SfuConnection
 from stagecast.nodes import choose_node, live_nodes
@@ -305,6 +306,8 @@ class EgressWorker:
             await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
             for transceiver in pc.getTransceivers():
                 receiver: Any = transceiver.receiver
+                # Stagecast's SFU ignores REMB: estimating the bandwidth is wasted work.
+                drop_receive_estimator(receiver)
                 tap = RemuxTap if transceiver.kind == "video" else OpusTap
                 receiver._RTCRtpReceiver__decoder_queue = tap(
                     receiver._RTCRtpReceiver__decoder_queue, writer, failures

@@ -100,9 +100,10 @@ def ignore_incoming_rtp(dtls_transport: Any) -> None:
 
 
 def drop_receive_estimator(receiver: Any) -> None:
-    """Free the remote bitrate estimator of a receiver that never gets RTP (a viewer's
-    sendonly transceiver): aiortc builds one per video receiver with 1,000 rate-bucket
-    objects, memory and garbage-collector work for nothing on every viewer."""
+    """Free the remote bitrate estimator of a receiver whose estimate nobody uses: a viewer's
+    sendonly transceiver at the SFU (it never gets RTP), or a subscriber of Stagecast's SFU,
+    which ignores REMB. aiortc builds one per video receiver (1,000 rate-bucket objects) and
+    feeds it every packet."""
     receiver._RTCRtpReceiver__remote_bitrate_estimator = None
 
 
