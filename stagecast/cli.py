@@ -131,11 +131,18 @@ def _egress(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from server.db import upgrade
 
     settings = _settings(args)
     configure_logging(settings.log_format, settings.log_level)
-    upgrade(settings.effective_database_url)
+    try:
+        upgrade(settings.effective_database_url)
+    except (OSError, SQLAlchemyError) as exc:
+        # The URL may hold a password: name the problem, not the URL.
+        print(f"stagecast: cannot upgrade the database: {type(exc).__name__}", file=sys.stderr)
+        return 1
     print("database is up to date")
     return 0
 
