@@ -9,10 +9,26 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+
+# Debian's Chromium, driven by Playwright (never a downloaded browser), with fake camera and
+# microphone; loopback ICE candidates need --allow-loopback-in-peer-connection.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+]
 
 REDIS_URL = os.environ.get("STAGECAST_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
@@ -27,6 +43,10 @@ def require(available: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"required for CI: {reason}")
     pytest.skip(reason)
+
+
+def require_chromium() -> None:
+    require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
 
 
 def port_open(host: str, port: int) -> bool:

@@ -13,7 +13,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,21 +21,7 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from stagecast.client import ApiClient, SyntheticVideoTrack, ToneAudioTrack
 from tests.e2e.stack import CALL_TYPE, Embedded, run_embedded
-from tests.support import require
-
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,7 +34,7 @@ async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embe
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    require(HAVE_CHROMIUM, f"{CHROMIUM} is not installed")
+    require_chromium()
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True

@@ -6,28 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Route, async_playwright
 
 from tests.ingest.rtmp_stack import CALL_TYPE, Stack
-from tests.support import require
-
-CHROMIUM = Path("/usr/bin/chromium")
-HAVE_CHROMIUM = CHROMIUM.exists()
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.support import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
 PAGE = """<!doctype html><html><body><video id="v" autoplay muted playsinline></video><script>
 window.watch = async (path, token) => {
@@ -59,7 +44,7 @@ window.stats = async () => {
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    require(HAVE_CHROMIUM, f"{CHROMIUM} is not installed")
+    require_chromium()
     async with async_playwright() as playwright:
         instance = await playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True

@@ -21,24 +21,18 @@ from sfu.ice import reset_host_candidates
 from stagecast.embedded import create_embedded_app
 from stagecast.settings import Settings
 from stagecast.tokens import KeyRing, load_api_keys
-from tests.support import loopback_socket, require, serve, socket_url
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    loopback_socket,
+    require_chromium,
+    serve,
+    socket_url,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screens"
 API_KEY = "web-key"
 API_SECRET = "web-secret-0123456789abcdef-0123456789abcdef"
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-]
 
 
 @dataclass
@@ -106,7 +100,7 @@ class Browser:
 
 @pytest.fixture
 def chromium_present() -> None:
-    require(CHROMIUM.exists(), f"{CHROMIUM} is missing (apt-get install chromium)")
+    require_chromium()
 
 
 @pytest.fixture
