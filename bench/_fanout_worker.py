@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from stagecast.client import (  # noqa: E402
     ToneAudioTrack,
     Viewer,
 )
+from stagecast.loadtest.process import serve_commands  # noqa: E402
 from stagecast.loadtest.rtp import (  # noqa: E402
     Counts,
     hook_socket,
@@ -352,36 +351,16 @@ class Worker:
 
 async def serve() -> None:
     worker = Worker()
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**26)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    out = sys.stdout
+    handlers = {
+        name[len("cmd_") :]: getattr(worker, name)
+        for name in dir(worker)
+        if name.startswith("cmd_")
+    }
 
-    def reply(payload: dict[str, Any]) -> None:
-        out.write(json.dumps(payload) + "\n")
-        out.flush()
+    async def close() -> None:
+        await worker.cmd_close({})
 
-    async def handle(msg: dict[str, Any]) -> None:
-        try:
-            result = await getattr(worker, "cmd_" + msg["cmd"])(msg)
-            reply({"id": msg.get("id"), "ok": True, **result})
-        except Exception as exc:
-            log(traceback.format_exc())
-            reply({"id": msg.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-
-    tasks: set[asyncio.Task[None]] = set()
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        msg = json.loads(line)
-        if msg["cmd"] == "exit":
-            break
-        task = asyncio.create_task(handle(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(worker.cmd_close({}), 30)
+    await serve_commands(handlers, close)
 
 
 def main() -> None:
