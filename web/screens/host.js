@@ -3,7 +3,7 @@
 
 import { viewerCount } from '../api.js';
 import { EventsSocket } from '../events.js';
-import { cameraAndMicrophone, stopStream, backoffDelay, sleep } from '../media.js';
+import { cameraAndMicrophone, stopStream, keepConnected } from '../media.js';
 import { SfuSession, FINAL_CLOSE_CODES } from '../signalling.js';
 import { h, button, busy, errorBox, copyField, startsText, badge, describeError } from '../ui.js';
 import { endedView } from './ended.js';
@@ -186,49 +186,19 @@ export function hostScreen(ctx) {
     notice.hidden = !text;
   }
 
-  // goaway: publish through another node first, then drop the draining one (viewers switch
+  // goaway: publish through another node first, then leave the draining one (viewers switch
   // to the new publication when the old one ends).
-  async function switchNode() {
-    if (state.reconnecting || state.switching || state.destroyed) return;
-    state.switching = true;
-    const old = state.sfu;
-    try {
-      await connectMedia();
-      if (old && old !== state.sfu) await old.leave();
-    } catch {
-      if (old && old !== state.sfu) old.close();
-      state.switching = false;
-      reconnect('The media server is restarting');
-      return;
-    }
-    state.switching = false;
-  }
-
-  async function reconnect(reason) {
-    if (state.reconnecting || state.destroyed) return;
-    state.reconnecting = true;
-    const old = state.sfu;
-    state.sfu = null;
-    if (old) old.close();
-    for (let attempt = 0; !state.destroyed; attempt++) {
-      showNotice(`${reason}. Reconnecting${attempt ? ` (attempt ${attempt + 1})` : ''}…`);
-      await sleep(backoffDelay(attempt));
-      if (state.destroyed) break;
-      try {
-        await connectMedia();
-        showNotice('');
-        break;
-      } catch (error) {
-        if (['call_ended', 'forbidden', 'unauthenticated', 'token_expired', 'not_found'].includes(error.code)) {
-          showNotice('');
-          errors.show(error, 'Could not reconnect');
-          refresh();
-          break;
-        }
-      }
-    }
-    state.reconnecting = false;
-  }
+  const { reconnect, switchNode } = keepConnected({
+    state,
+    connect: connectMedia,
+    showNotice,
+    retire: (old) => old.leave(),
+    onGiveUp: (error) => {
+      errors.show(error, 'Could not reconnect');
+      refresh();
+    },
+    debug,
+  });
 
   async function start() {
     // Only hosts get here with rights to publish: tell anyone else before asking for a camera.

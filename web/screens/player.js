@@ -3,12 +3,11 @@
 
 import { viewerCount } from '../api.js';
 import { EventsSocket } from '../events.js';
-import { backoffDelay, sleep } from '../media.js';
+import { keepConnected } from '../media.js';
 import { SfuSession, FINAL_CLOSE_CODES } from '../signalling.js';
 import { h, button, errorBox, clockTime, badge, describeError } from '../ui.js';
 import { endedView } from './ended.js';
 
-const GIVE_UP = ['call_ended', 'forbidden', 'unauthenticated', 'token_expired', 'not_found', 'invalid_request'];
 
 export function playerScreen(ctx) {
   const { type, id } = ctx.params;
@@ -279,57 +278,19 @@ export function playerScreen(ctx) {
     });
   }
 
-  // goaway: the node is draining but still forwarding. Join again through the coordinator
-  // (another node) and drop the old connection only once the new one is set up.
-  async function switchNode() {
-    if (state.reconnecting || state.switching || state.destroyed) return;
-    state.switching = true;
-    debug.switches = (debug.switches || 0) + 1;
-    const old = state.sfu;
-    try {
-      await connect();
-      if (old && old !== state.sfu) old.close();
-    } catch {
-      if (old && old !== state.sfu) old.close();
-      state.switching = false;
-      reconnect('The media server is restarting');
-      return;
-    }
-    state.switching = false;
-  }
-
-  async function reconnect(reason) {
-    if (state.reconnecting || state.destroyed) return;
-    state.reconnecting = true;
-    const old = state.sfu;
-    state.sfu = null;
-    if (old) old.close();
-    render();
-    for (let attempt = 0; !state.destroyed; attempt++) {
-      showNotice(`${reason}. Reconnecting${attempt ? ` (attempt ${attempt + 1})` : ''}…`);
-      debug.reconnects = (debug.reconnects || 0) + 1;
-      await sleep(backoffDelay(attempt));
-      if (state.destroyed) break;
-      try {
-        await connect();
-        showNotice('');
-        break;
-      } catch (error) {
-        if (GIVE_UP.includes(error.code)) {
-          showNotice('');
-          if (error.code === 'call_ended') {
-            state.ended = true;
-            render();
-          } else showError(error, 'Could not reconnect');
-          break;
-        }
-        if (state.sfu) state.sfu.close();
-        state.sfu = null;
-      }
-    }
-    state.reconnecting = false;
-    render();
-  }
+  const { reconnect, switchNode } = keepConnected({
+    state,
+    connect,
+    showNotice,
+    onGiveUp: (error) => {
+      if (error.code === 'call_ended') {
+        state.ended = true;
+        render();
+      } else showError(error, 'Could not reconnect');
+    },
+    onChange: render,
+    debug,
+  });
 
   async function start() {
     clearTimeout(state.retryTimer);
